@@ -1,0 +1,455 @@
+r"""Doubled networks: build, plan (cotengra) and execute (torch).
+
+The inner product of two terms for one pairing of their input copies is a single tensor
+network, the *doubled network*: the tensors of side *a*, the tensors of side *b*, and for
+every pair of copies the kernel tensors joining their legs (a metric :math:`M` for the tensor
+measure, a covariance :math:`\Sigma` for a Wick pair, a mean vector for an unpaired copy).
+Output legs are either contracted through per-side output maps (a scalar per model pair) or
+left open (a matrix, as the recursive method needs).
+
+Plans are keyed by *structure* only (indices, shapes, pairing), so checkpoints with new weights
+reuse the contraction tree; trees come from cotengra and are cached in memory and on disk
+(:mod:`tnsim.paths`). Every term tensor is scaled to unit norm per model before contracting,
+and the logarithms of the scales are tracked, so float32 contractions of deep networks neither
+overflow nor underflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+from . import paths
+from .errors import UnaffordableError
+from .groups import Perm, bijection_orbits, matching_orbits
+from .term import Term
+
+__all__ = ["Piece", "Side", "Scaled", "pair_orbits", "contract_pairings", "evaluate_term"]
+
+
+@dataclass(frozen=True, eq=False)
+class Piece:
+    """A kernel tensor attached to the legs of one or two input copies.
+
+    ``legs`` names, for each non-batch axis of ``array``, the copy (``'p'`` first, ``'q'``
+    second) and the axis of that copy's space. ``batch`` names the leading batch axes
+    (``'a'`` and/or ``'b'``: one per side whose model stack the tensor depends on).
+    """
+
+    array: torch.Tensor
+    legs: tuple[tuple[str, int], ...]
+    batch: tuple[str, ...] = ()
+
+    @property
+    def structure(self) -> tuple:
+        return (self.legs, self.batch, tuple(self.array.shape[len(self.batch) :]))
+
+
+@dataclass(frozen=True, eq=False)
+class Side:
+    """One side of a doubled network: a term, its homogenising copies, its batch label."""
+
+    term: Term
+    virtual: int = 0  # extra copies attached to the kernel's pad vector (tensor measure)
+    batch_label: str | None = None  # index name of the model axis; equal labels = diagonal
+    out_map: tuple[torch.Tensor | None, ...] | None = None  # per output axis, (k, dim) or None
+
+    @property
+    def degree(self) -> int:
+        return self.term.degree + self.virtual
+
+
+@dataclass
+class Scaled:
+    """A value ``mantissa * exp(log_a[i] + log_b[j])`` kept apart to avoid overflow.
+
+    ``mantissa`` has the batch axes (a, b) first where present, then any open output axes.
+    """
+
+    mantissa: torch.Tensor
+    log_a: torch.Tensor | float = 0.0
+    log_b: torch.Tensor | float = 0.0
+
+    def value(self) -> torch.Tensor:
+        la, lb = torch.as_tensor(self.log_a, dtype=torch.float64), torch.as_tensor(
+            self.log_b, dtype=torch.float64
+        )
+        m = self.mantissa
+        extra = m.dim() - la.dim() - lb.dim()
+        la = la.to(m.device).reshape(la.shape + (1,) * (lb.dim() + extra))
+        lb = lb.to(m.device).reshape(lb.shape + (1,) * extra)
+        return m * torch.exp(la + lb)
+
+
+# --- orbit enumeration (cached per structure) -------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def pair_orbits(kind: str, k_a: int, gens_a: tuple, k_b: int, gens_b: tuple, partial: bool):
+    """Orbit representatives and sizes for one pair of copy sets.
+
+    ``kind='tensor'``: bijections (``k_a == k_b``); ``kind='gaussian'``: matchings of the
+    ``k_a + k_b`` copies (``k_b = 0`` for a single side).
+    """
+    from .groups import shift
+
+    if kind == "tensor":
+        return tuple(bijection_orbits(k_a, list(gens_a), list(gens_b)))
+    n = k_a + k_b
+    gens = shift(list(gens_a), 0, n) + shift(list(gens_b), k_a, n)
+    return tuple(matching_orbits(n, gens, partial))
+
+
+def homogenised_group(term: Term, virtual: int) -> tuple[Perm, ...]:
+    """The term's group extended by all permutations of its virtual (padding) copies."""
+    k, n = term.degree, term.degree + virtual
+    gens = [tuple(g) + tuple(range(k, n)) for g in term.group]
+    for i in range(k, n - 1):
+        p = list(range(n))
+        p[i], p[i + 1] = i + 1, i
+        gens.append(tuple(p))
+    return tuple(gens)
+
+
+# --- building a doubled network -------------------------------------------------------------
+
+
+@dataclass
+class Equation:
+    inputs: list[tuple[str, ...]]
+    output: tuple[str, ...]
+    size_dict: dict[str, int]
+    sources: list[tuple] = field(default_factory=list)
+
+
+def _copy_legs(side_idx: int, side: Side, c: int) -> tuple[str, ...]:
+    lab = "ab"[side_idx]
+    t = side.term
+    if c < t.degree:
+        return tuple(f"{lab}|{leg}" for leg in t.copies[c])
+    return tuple(f"{lab}|v{c}.{a}" for a in range(len(t.in_shape) or 1))
+
+
+def build_equation(
+    sides: list[Side],
+    pairs: list[tuple[tuple[int, int], tuple[int, int]]],
+    singles: list[tuple[int, int]],
+    kernel,
+    open_outputs: bool,
+) -> Equation:
+    """Doubled network of ``sides`` joined by kernel pieces for ``pairs`` and ``singles``.
+
+    Copies are addressed as ``(side index, copy index)``; copy indices past a term's degree are
+    its virtual (padding) copies, which carry the kernel's pad vector.
+    """
+    eq = Equation([], (), {})
+    labels = "ab"
+
+    def add(inds, source, shape):
+        inds = tuple(inds)
+        if len(inds) != len(shape):
+            raise AssertionError(f"indices {inds} do not fit a tensor of shape {tuple(shape)}")
+        # repeated index on one tensor (a pairing of copies that share a position): diagonal
+        if len(set(inds)) != len(inds):
+            source = ("diag", source, inds)
+            seen = []
+            for i in inds:
+                if i not in seen:
+                    seen.append(i)
+            new_shape = [shape[inds.index(i)] for i in seen]
+            inds, shape = tuple(seen), new_shape
+        for i, s in zip(inds, shape):
+            eq.size_dict[i] = int(s)
+        eq.inputs.append(inds)
+        eq.sources.append(source)
+
+    # term tensors
+    for si, side in enumerate(sides):
+        lab = labels[si]
+        t = side.term
+        pre = (side.batch_label,) if side.batch_label else ()
+        if bool(pre) != (t.batch is not None):
+            raise AssertionError("a batched term needs a batch label and vice versa")
+        for ti, (ix, x) in enumerate(zip(t.inds, t.arrays)):
+            add(pre + tuple(f"{lab}|{i}" for i in ix), ("t", si, ti), tuple(x.shape))
+
+    # a piece's batch roles name the side whose model stack it depends on
+    side_of_role = {"a": 0, "b": min(1, len(sides) - 1)}
+
+    def batch_inds(piece: Piece) -> tuple[str, ...]:
+        return tuple(sides[side_of_role[role]].batch_label for role in piece.batch)
+
+    def attach(pieces, legs_p, legs_q, tag):
+        for pi, piece in enumerate(pieces):
+            inds = batch_inds(piece)
+            for who, axis in piece.legs:
+                inds += ((legs_p if who == "p" else legs_q)[axis],)
+            shape = tuple(piece.array.shape)
+            add(inds, ("k", tag, pi), shape)
+
+    # virtual copies: pad vectors
+    for si, side in enumerate(sides):
+        for c in range(side.term.degree, side.degree):
+            attach(kernel.pad(labels[si]), _copy_legs(si, side, c), (), ("pad", labels[si]))
+    for (si, ci), (sj, cj) in pairs:
+        s1, s2 = labels[si], labels[sj]
+        attach(
+            kernel.pair(s1, s2),
+            _copy_legs(si, sides[si], ci),
+            _copy_legs(sj, sides[sj], cj),
+            ("pair", s1, s2),
+        )
+    for si, ci in singles:
+        s = labels[si]
+        attach(kernel.single(s), _copy_legs(si, sides[si], ci), (), ("single", s))
+
+    # outputs
+    batch_out = []
+    for side in sides:
+        if side.batch_label and side.batch_label not in batch_out:
+            batch_out.append(side.batch_label)
+    if open_outputs:
+        outs = [f"{labels[si]}|{o}" for si, side in enumerate(sides) for o in side.term.outputs]
+        eq.output = tuple(batch_out) + tuple(outs)
+    else:
+        a, b = sides
+        for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
+            ma = a.out_map[axis] if a.out_map else None
+            mb = b.out_map[axis] if b.out_map else None
+            la, lb = f"a|{oa}", f"b|{ob}"
+            k = f"k.{axis}"
+            if ma is None and mb is None:
+                # identity: join the two legs with an identity matrix
+                dim = a.term.size_dict[oa]
+                add((la, lb), ("eye", dim), (dim, dim))
+                continue
+            for si, (m, leg) in enumerate(((ma, la), (mb, lb))):
+                if m is None:
+                    dim = sides[si].term.size_dict[leg.split("|", 1)[1]]
+                    add((k, leg), ("eye", dim), (dim, dim))
+                else:
+                    add((k, leg), ("map", si, axis), tuple(m.shape))
+        eq.output = tuple(batch_out)
+    return eq
+
+
+def _gather(eq: Equation, sides: list[Side], arrays: list[list[torch.Tensor]], kernel, like):
+    pieces_cache: dict = {}
+    out = []
+    for src in eq.sources:
+        out.append(_resolve(src, sides, arrays, kernel, like, pieces_cache))
+    return out
+
+
+def _resolve(src, sides, arrays, kernel, like, cache):
+    kind = src[0]
+    if kind == "t":
+        return arrays[src[1]][src[2]]
+    if kind == "k":
+        tag, pi = src[1], src[2]
+        if tag not in cache:
+            if tag[0] == "pad":
+                cache[tag] = kernel.pad(tag[1])
+            elif tag[0] == "pair":
+                cache[tag] = kernel.pair(tag[1], tag[2])
+            else:
+                cache[tag] = kernel.single(tag[1])
+        return cache[tag][pi].array
+    if kind == "eye":
+        return torch.eye(src[1], dtype=like.dtype, device=like.device)
+    if kind == "map":
+        return sides[src[1]].out_map[src[2]]
+    if kind == "diag":
+        x = _resolve(src[1], sides, arrays, kernel, like, cache)
+        inds = src[2]
+        seen = []
+        for i in inds:
+            if i not in seen:
+                seen.append(i)
+        letters = {i: chr(97 + n) for n, i in enumerate(seen)}
+        extra = x.dim() - len(inds)  # leading batch axes are part of inds already
+        assert extra == 0
+        spec = "".join(letters[i] for i in inds) + "->" + "".join(letters[i] for i in seen)
+        return torch.einsum(spec, x)
+    raise AssertionError(src)
+
+
+# --- normalisation ---------------------------------------------------------------------------
+
+
+def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model."""
+    arrays, logs = [], []
+    for x in term.arrays:
+        x = x.to(dtype)
+        if term.batch is None:
+            n = torch.linalg.vector_norm(x.to(torch.float64))
+            n = torch.where(n > 0, n, torch.ones_like(n))
+            arrays.append(x / n.to(dtype))
+            logs.append(torch.log(n))
+        else:
+            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1).to(torch.float64), dim=1)
+            n = torch.where(n > 0, n, torch.ones_like(n))
+            arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
+            logs.append(torch.log(n))
+    total = torch.stack(logs).sum(0) if logs else torch.zeros((), dtype=torch.float64)
+    return arrays, total
+
+
+# --- planning and execution -----------------------------------------------------------------
+
+
+@dataclass
+class Contraction:
+    """A planned doubled network: its equation, cotengra tree and cost."""
+
+    equation: Equation
+    tree: object
+
+    @property
+    def flops(self) -> float:
+        return float(self.tree.total_flops())
+
+    @property
+    def max_size(self) -> float:
+        return float(self.tree.max_size())
+
+
+_PLANS: dict = {}
+_DRY = contextvars.ContextVar("tnsim_dry_run", default=False)
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Within this context contractions are planned and costed but not executed (zeros)."""
+    token = _DRY.set(True)
+    try:
+        yield
+    finally:
+        _DRY.reset(token)
+
+
+def plan(key, build) -> Contraction:
+    """The contraction for structure ``key``, built with ``build()`` and planned on first use."""
+    hit = _PLANS.get(key)
+    if hit is None:
+        eq = build()
+        tree = paths.find_tree(eq.inputs, eq.output, eq.size_dict)
+        hit = Contraction(eq, tree)
+        _PLANS[key] = hit
+    return hit
+
+
+def clear_memory_cache() -> None:
+    """Forget in-memory plans and orbit enumerations (the disk path cache is kept)."""
+    _PLANS.clear()
+    pair_orbits.cache_clear()
+
+
+def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
+    """Execute a planned contraction, refusing one whose largest intermediate is too big."""
+    limit = paths.memory_limit()
+    need = contraction.max_size * itemsize
+    if limit is not None and need > limit:
+        raise UnaffordableError(
+            f"contraction needs an intermediate of {need / 2**20:.1f} MiB, above the memory "
+            f"limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit); use smaller batches "
+            "or method='recursive'"
+        )
+    return contraction.tree.contract(arrays)
+
+
+def contract_pairings(
+    sides: list[Side],
+    kernel,
+    *,
+    kind: str,
+    open_outputs: bool,
+    arrays: list[list[torch.Tensor]],
+    dtype: torch.dtype,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    r"""Sum over orbits of pairings of the doubled network of ``sides``.
+
+    ``kind='tensor'``: two sides, bijections between their (homogenised) copies; the result
+    is :math:`\frac{1}{K!}\sum_\sigma \langle T_a, \sigma T_b\rangle`.
+    ``kind='gaussian'``: one or two sides, Wick (partial, if the kernel says so) matchings of
+    all copies: :math:`\sum_m \prod_{pairs}\Sigma \prod_{singles}\mu`.
+    Coefficients of the terms are included; arrays must already be normalised.
+    """
+    partial = bool(getattr(kernel, "partial", False))
+    if kind == "tensor":
+        ks = [s.degree for s in sides]
+        gens = [homogenised_group(s.term, s.virtual) for s in sides]
+        reps = pair_orbits("tensor", ks[0], gens[0], ks[1], gens[1], False)
+        norm = 1.0 / math.factorial(ks[0])
+    else:
+        # virtual copies are fixed singletons on the constant coordinate (homogenisation)
+        ks = [s.term.degree for s in sides]
+        k_b = ks[1] if len(sides) > 1 else 0
+        g_b = sides[1].term.group if len(sides) > 1 else ()
+        reps = pair_orbits("gaussian", ks[0], sides[0].term.group, k_b, g_b, partial)
+        norm = 1.0
+        fixed = [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
+    coeff = math.prod(s.term.coeff for s in sides) * norm
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
+    total = None
+    struct = (
+        kind,
+        tuple((s.term.structure, s.virtual, s.batch_label, s.term.batch) for s in sides),
+        kernel.structure,
+        open_outputs,
+        tuple(
+            tuple(None if m is None else tuple(m.shape) for m in (s.out_map or ())) for s in sides
+        ),
+    )
+    for rep, size in reps:
+        if kind == "tensor":
+            pairs = [((0, i), (1, j)) for i, j in enumerate(rep)]
+            singles = []
+        else:
+            pairs, singles = [], list(fixed)
+            for p, q in enumerate(rep):
+                sp = (0, p) if p < ks[0] else (1, p - ks[0])
+                if q == p:
+                    singles.append(sp)
+                elif p < q:
+                    sq = (0, q) if q < ks[0] else (1, q - ks[0])
+                    pairs.append((sp, sq))
+        con = plan(
+            (struct, rep),
+            lambda: build_equation(sides, pairs, singles, kernel, open_outputs),
+        )
+        if stats is not None:
+            stats["contractions"] = stats.get("contractions", 0) + 1
+            stats["flops"] = stats.get("flops", 0.0) + con.flops
+            stats["max_size"] = max(stats.get("max_size", 0.0), con.max_size)
+            if "paths" in stats:
+                stats["paths"].append(con.tree.get_path())
+        if _DRY.get():
+            shape = [con.equation.size_dict[i] for i in con.equation.output]
+            value = torch.zeros(shape, dtype=torch.float64, device=like.device)
+            total = value if total is None else total + value
+            continue
+        ops = _gather(con.equation, sides, arrays, kernel, like)
+        ops = [x.to(dtype) for x in ops]
+        value = run(con, ops, itemsize).to(torch.float64) * (size * coeff)
+        total = value if total is None else total + value
+    if total is None:
+        raise AssertionError("no pairings")
+    return total
+
+
+def evaluate_term(term: Term, xs: list[torch.Tensor]) -> torch.Tensor:
+    """Evaluate ``coeff * T(x_1, ..., x_k)`` for one input per copy (no batch axis)."""
+    import cotengra as ctg
+
+    inputs = list(term.inds) + [tuple(c) for c in term.copies]
+    arrays = list(term.arrays) + list(xs)
+    return ctg.array_contract(arrays, inputs, term.outputs, optimize="greedy") * term.coeff
