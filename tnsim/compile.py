@@ -1,0 +1,228 @@
+r"""Compile PyTorch modules into :class:`~tnsim.Network` objects.
+
+Supported building blocks (by module type; subclasses count):
+
+* ``torch.nn.Linear`` — one degree-1 term, :math:`W\tilde x`;
+* :class:`tnsim.nn.Bilinear` — one degree-2 CP term (stored symmetrised, with an
+  unsymmetrised ``raw`` twin), plus an identity term when residual;
+* ``torch.nn.Sequential`` — composition in order; ``torch.nn.Identity`` and ``Dropout`` in eval
+  mode are skipped;
+* further layer types registered with :func:`register`.
+
+A network that uses biases or residuals anywhere is compiled *padded* throughout: every layer
+maps :math:`\tilde x = (1, x)` to :math:`\tilde y = (1, y)`; the constant rides on one extra
+hidden unit of each bilinear layer (:math:`\tilde L_{0} = \tilde R_{0} = e_0`,
+:math:`\tilde D_{00} = 1`). Anything else raises :class:`~tnsim.errors.NotMultilinearError`
+naming the module and its position in the model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import NonFiniteError, NotMultilinearError
+from .network import Network, compose
+from .nn import Bilinear
+from .term import Term, cp_term
+
+__all__ = ["compile", "register"]
+
+_COMPILERS: dict[type, Callable] = {}
+_NON_POLYNOMIAL = (
+    "ReLU GELU SiLU Sigmoid Tanh Softmax LogSoftmax Softplus ELU LeakyReLU Mish Hardtanh "
+    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention Conv1d Conv2d"
+).split()
+
+
+def register(module_type: type):
+    """Register ``fn(module, path, padded) -> Network`` as the compiler of ``module_type``."""
+
+    def deco(fn):
+        _COMPILERS[module_type] = fn
+        return fn
+
+    return deco
+
+
+def _check_finite(module: torch.nn.Module, path: str) -> None:
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            where = f"{path}.{name}" if path else name
+            raise NonFiniteError(
+                f"parameter {where!r} (shape {tuple(p.shape)}) has {bad} NaN/inf entries"
+            )
+
+
+def _uses_padding(module: torch.nn.Module) -> bool:
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            return True
+        if isinstance(m, Bilinear) and m.residual:
+            return True
+    return False
+
+
+def compile(module, example_input=None, *, pad: bool | None = None, name: str | None = None) -> Network:
+    """Compile a multilinear module (or pass a :class:`Network` through).
+
+    Parameters
+    ----------
+    module
+        A ``torch.nn.Module`` built from supported layers, or a :class:`Network`.
+    example_input
+        An example input; modules outside the registered layer types are traced with it
+        (torch.fx) into the same networks the hand-built form gives.
+    pad
+        Force (``True``) or forbid (``False``) the padded representation; default: padded iff
+        the model has biases or residual connections.
+    name
+        Label used in messages (default: the module's class name).
+
+    Returns
+    -------
+    Network
+        Weights are shared with the module (no copies), detached from autograd.
+    """
+    if isinstance(module, Network):
+        return module
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"cannot compile {type(module).__name__}: expected a torch.nn.Module")
+    _check_finite(module, "")
+    padded = _uses_padding(module) if pad is None else bool(pad)
+    label = name or type(module).__name__
+    try:
+        net = _compile(module, "", padded)
+    except NotMultilinearError:
+        if example_input is None:
+            raise
+        net = None
+    if net is None:
+        from .trace import trace
+
+        return trace(module, example_input, pad=pad, name=label)
+    if net is _SKIP:
+        raise NotMultilinearError(f"{label} computes the identity; nothing to compile")
+    return _named(net, label)
+
+
+def _named(net: Network, name: str) -> Network:
+    from dataclasses import replace
+
+    return replace(net, name=name)
+
+
+_SKIP = object()
+
+
+def _compile(module: torch.nn.Module, path: str, padded: bool):
+    for cls in type(module).__mro__:
+        if cls in _COMPILERS:
+            return _COMPILERS[cls](module, path, padded)
+    where = path or "the model"
+    kind = type(module).__name__
+    if kind in _NON_POLYNOMIAL:
+        raise NotMultilinearError(
+            f"{where} ({kind}) is not a polynomial of its input; tnsim compiles linear, bilinear "
+            "and other multilinear layers only"
+        )
+    raise NotMultilinearError(
+        f"{where} ({kind}) is not a layer tnsim knows; pass example_input= to trace it, or "
+        "register a compiler with tnsim.compile_rules.register"
+    )
+
+
+def _param(x: torch.Tensor) -> torch.Tensor:
+    return x.detach()
+
+
+@register(torch.nn.Sequential)
+def _sequential(module: torch.nn.Sequential, path: str, padded: bool):
+    net = None
+    for key, child in module.named_children():
+        sub = f"{path}.{key}" if path else key
+        layer = _compile(child, sub, padded)
+        if layer is _SKIP:
+            continue
+        net = layer if net is None else compose(layer, net)
+    return _SKIP if net is None else net
+
+
+@register(torch.nn.Identity)
+def _identity(module, path, padded):
+    return _SKIP
+
+
+@register(torch.nn.Dropout)
+def _dropout(module: torch.nn.Dropout, path: str, padded: bool):
+    if module.training and module.p > 0:
+        raise NotMultilinearError(
+            f"{path or 'the model'} (Dropout) is random in training mode; call model.eval() first"
+        )
+    return _SKIP
+
+
+@register(torch.nn.Bilinear)
+def _torch_bilinear(module, path, padded):
+    raise NotMultilinearError(
+        f"{path or 'the model'} (torch.nn.Bilinear) takes two inputs; use tnsim.nn.Bilinear, "
+        "which applies D(Lx * Rx) to one input"
+    )
+
+
+def padded_matrix(w: torch.Tensor, b: torch.Tensor | None, constant: bool) -> torch.Tensor:
+    r"""``[[1, 0], [b, W]]`` (or ``[[0, 0], [b, W]]`` without the constant unit)."""
+    o, d = w.shape
+    out = torch.zeros(o + 1, d + 1, dtype=w.dtype, device=w.device)
+    out[1:, 1:] = w
+    if b is not None:
+        out[1:, 0] = b
+    if constant:
+        out[0, 0] = 1
+    return out
+
+
+@register(torch.nn.Linear)
+def _linear(module: torch.nn.Linear, path: str, padded: bool) -> Network:
+    w = _param(module.weight)
+    b = _param(module.bias) if module.bias is not None else None
+    tag = f"{path}.weight" if path else "weight"
+    mat = padded_matrix(w, b, True) if padded else w
+    term = Term(inds=(("y", "x"),), arrays=(mat,), copies=(("x",),), outputs=("y",), tags=(tag,))
+    return Network((term,), (mat.shape[1],), (mat.shape[0],), padded, padded, None, None, path or "Linear")
+
+
+def bilinear_factors(module: Bilinear, padded: bool):
+    """``(D, L, R)`` of a bilinear layer, padded with the constant hidden unit if asked."""
+    left, right, down = module.left, module.right, module.down
+    L, R, D = _param(left.weight), _param(right.weight), _param(down.weight)
+    if not padded:
+        return D, L, R
+    lb = _param(left.bias) if left.bias is not None else None
+    rb = _param(right.bias) if right.bias is not None else None
+    db = _param(down.bias) if down.bias is not None else None
+    # hidden unit 0 is the constant: L~_0 = R~_0 = e_0, so its product is 1
+    Lp = padded_matrix(L, lb, True)
+    Rp = padded_matrix(R, rb, True)
+    Dp = padded_matrix(D, db, True)
+    return Dp, Lp, Rp
+
+
+@register(Bilinear)
+def _bilinear(module: Bilinear, path: str, padded: bool) -> Network:
+    D, L, R = bilinear_factors(module, padded)
+    pre = f"{path}." if path else ""
+    tags = (f"{pre}down", f"{pre}left", f"{pre}right")
+    sym = cp_term(D, [L, R], symmetric=True, tags=tags)
+    raw = cp_term(D, [L, R], symmetric=False, tags=tags)
+    d_in, d_out = L.shape[1], D.shape[0]
+    terms, raws = (sym,), (raw,)
+    if module.residual:
+        eye = torch.eye(d_in, dtype=L.dtype, device=L.device)
+        if padded:
+            eye[0, 0] = 0  # the bilinear term carries the constant coordinate
+        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
+        terms, raws = terms + (ident,), raws + (ident,)
+    return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Bilinear")
