@@ -16,7 +16,6 @@ from .api import (
     inner,
     norm,
     similarity,
-    similarity_matrix,
 )
 from .compile import compile, register
 from .errors import (
@@ -28,6 +27,7 @@ from .errors import (
     TnsimError,
     UnaffordableError,
 )
+from .matrix import similarity_matrix
 from .measures import GaussianMeasure, TensorMeasure
 from .network import Network, add, compose, stack, unstack
 from .paths import cache_dir, clear_cache, set_memory_limit

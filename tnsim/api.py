@@ -32,7 +32,6 @@ __all__ = [
     "inner",
     "norm",
     "similarity",
-    "similarity_matrix",
     "compare",
     "cost",
     "Comparison",
@@ -331,40 +330,3 @@ def cost(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
         measure=meas.describe(),
         paths=stats.get("paths", []),
     )
-
-
-def similarity_matrix(models, models_b=None, *, measure="gaussian", method: str = "auto",
-                      mean=None, cov=None, outputs=None, centred: bool = False,
-                      example_input=None) -> torch.Tensor:
-    """Matrix of similarities, shape ``(N, N)`` (or ``(N_a, N_b)`` with a second list).
-
-    Models of identical structure (checkpoints of one run) are stacked and compared in batched
-    contractions (the model index is a batch index of the doubled network); otherwise pairs are
-    computed one by one.
-    """
-    meas = as_measure(measure, mean, cov, centred)
-    nets_a = [as_network(m, example_input) for m in models]
-    nets_b = nets_a if models_b is None else [as_network(m, example_input) for m in models_b]
-    if not nets_a or not nets_b:
-        raise ValueError("similarity_matrix needs at least one model on each side")
-    same_a = all(n.structure == nets_a[0].structure for n in nets_a)
-    same_b = all(n.structure == nets_b[0].structure for n in nets_b)
-    if same_a and same_b:
-        sa = stack(nets_a)
-        sb = sa if models_b is None else stack(nets_b)
-        m = _resolve_method(method, nets_a[0], nets_b[0], meas, outputs)
-        if m == "exact":
-            ab = exact(sa, sb, meas, outputs)
-            aa = exact(sa, sa, meas, outputs, mode=Mode("diag"))
-            bb = aa if models_b is None else exact(sb, sb, meas, outputs, mode=Mode("diag"))
-        else:
-            ab, aa, bb = recursive(sa, sb, meas, outputs)
-        return _cosine(ab, aa, bb)
-    out = torch.empty(len(nets_a), len(nets_b), dtype=torch.float64)
-    for i, na in enumerate(nets_a):
-        for j, nb in enumerate(nets_b):
-            if models_b is None and j < i:
-                out[i, j] = out[j, i]
-                continue
-            out[i, j] = similarity(na, nb, measure=meas, method=method, outputs=outputs)
-    return out
