@@ -91,9 +91,27 @@ def homogenise(T: np.ndarray, K: int) -> np.ndarray:
 
 
 def sym(T: np.ndarray) -> np.ndarray:
+    """Average over all permutations of the input axes (axis 0 is the output)."""
     k = T.ndim - 1
+    if k > 5:
+        return sym_recursive(T)
     perms = list(itertools.permutations(range(1, k + 1)))
     return sum(np.transpose(T, (0,) + p) for p in perms) / len(perms)
+
+
+def sym_recursive(T: np.ndarray) -> np.ndarray:
+    """The same average via the coset decomposition S_m = U_j (j m) S_{m-1}:
+    Sym_m = (1/m) sum_{j<=m} (j m) . Sym_{m-1}  (checked against ``sym`` in the tests)."""
+    k = T.ndim - 1
+    S = T
+    for m in range(2, k + 1):
+        acc = S.copy()
+        for j in range(1, m):
+            axes = list(range(k + 1))
+            axes[j], axes[m] = axes[m], axes[j]
+            acc += np.transpose(S, axes)
+        S = acc / m
+    return S
 
 
 def _real(T: np.ndarray, outputs=None) -> np.ndarray:

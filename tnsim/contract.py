@@ -29,7 +29,10 @@ from .errors import UnaffordableError
 from .groups import Perm, bijection_orbits, matching_orbits
 from .term import Term
 
-__all__ = ["Piece", "Side", "Scaled", "pair_orbits", "contract_pairings", "evaluate_term"]
+__all__ = [
+    "Piece", "Side", "Scaled", "pair_orbits", "pairings", "planned", "contract_pairings",
+    "evaluate_term", "dry_run",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,6 +367,57 @@ def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> 
     return contraction.tree.contract(arrays)
 
 
+def pairings(sides: list[Side], kernel, kind: str):
+    """Orbit representatives as ``(rep, size, pairs, singles)``, and the normalisation.
+
+    Copies are addressed as ``(side index, copy index)``. For the tensor measure every copy
+    of *a* (virtual ones included) is paired with one of *b*; for the Gaussian measure copies
+    are Wick-paired or left single, and virtual copies are fixed singletons on the constant.
+    """
+    partial = bool(getattr(kernel, "partial", False))
+    out = []
+    if kind == "tensor":
+        ks = [s.degree for s in sides]
+        gens = [homogenised_group(s.term, s.virtual) for s in sides]
+        for rep, size in pair_orbits("tensor", ks[0], gens[0], ks[1], gens[1], False):
+            out.append((rep, size, [((0, i), (1, j)) for i, j in enumerate(rep)], []))
+        return out, 1.0 / math.factorial(ks[0])
+    ks = [s.term.degree for s in sides]
+    k_b = ks[1] if len(sides) > 1 else 0
+    g_b = sides[1].term.group if len(sides) > 1 else ()
+    fixed = [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
+
+    def where(p):
+        return (0, p) if p < ks[0] else (1, p - ks[0])
+
+    for rep, size in pair_orbits("gaussian", ks[0], sides[0].term.group, k_b, g_b, partial):
+        pairs = [(where(p), where(q)) for p, q in enumerate(rep) if p < q]
+        singles = list(fixed) + [where(p) for p, q in enumerate(rep) if p == q]
+        out.append((rep, size, pairs, singles))
+    return out, 1.0
+
+
+def structure_key(sides: list[Side], kernel, kind: str, open_outputs: bool) -> tuple:
+    """Everything a doubled network's plan depends on, except the pairing."""
+    return (
+        kind,
+        tuple((s.term.structure, s.virtual, s.batch_label, s.term.batch) for s in sides),
+        kernel.structure,
+        open_outputs,
+        tuple(
+            tuple(None if m is None else tuple(m.shape) for m in (s.out_map or ())) for s in sides
+        ),
+    )
+
+
+def planned(sides, kernel, kind, open_outputs, rep, pairs, singles) -> Contraction:
+    """The (cached) planned contraction of one pairing."""
+    return plan(
+        (structure_key(sides, kernel, kind, open_outputs), rep),
+        lambda: build_equation(sides, pairs, singles, kernel, open_outputs),
+    )
+
+
 def contract_pairings(
     sides: list[Side],
     kernel,
@@ -382,50 +436,13 @@ def contract_pairings(
     all copies: :math:`\sum_m \prod_{pairs}\Sigma \prod_{singles}\mu`.
     Coefficients of the terms are included; arrays must already be normalised.
     """
-    partial = bool(getattr(kernel, "partial", False))
-    if kind == "tensor":
-        ks = [s.degree for s in sides]
-        gens = [homogenised_group(s.term, s.virtual) for s in sides]
-        reps = pair_orbits("tensor", ks[0], gens[0], ks[1], gens[1], False)
-        norm = 1.0 / math.factorial(ks[0])
-    else:
-        # virtual copies are fixed singletons on the constant coordinate (homogenisation)
-        ks = [s.term.degree for s in sides]
-        k_b = ks[1] if len(sides) > 1 else 0
-        g_b = sides[1].term.group if len(sides) > 1 else ()
-        reps = pair_orbits("gaussian", ks[0], sides[0].term.group, k_b, g_b, partial)
-        norm = 1.0
-        fixed = [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
+    reps, norm = pairings(sides, kernel, kind)
     coeff = math.prod(s.term.coeff for s in sides) * norm
     itemsize = torch.empty((), dtype=dtype).element_size()
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
     total = None
-    struct = (
-        kind,
-        tuple((s.term.structure, s.virtual, s.batch_label, s.term.batch) for s in sides),
-        kernel.structure,
-        open_outputs,
-        tuple(
-            tuple(None if m is None else tuple(m.shape) for m in (s.out_map or ())) for s in sides
-        ),
-    )
-    for rep, size in reps:
-        if kind == "tensor":
-            pairs = [((0, i), (1, j)) for i, j in enumerate(rep)]
-            singles = []
-        else:
-            pairs, singles = [], list(fixed)
-            for p, q in enumerate(rep):
-                sp = (0, p) if p < ks[0] else (1, p - ks[0])
-                if q == p:
-                    singles.append(sp)
-                elif p < q:
-                    sq = (0, q) if q < ks[0] else (1, q - ks[0])
-                    pairs.append((sp, sq))
-        con = plan(
-            (struct, rep),
-            lambda: build_equation(sides, pairs, singles, kernel, open_outputs),
-        )
+    for rep, size, pairs, singles in reps:
+        con = planned(sides, kernel, kind, open_outputs, rep, pairs, singles)
         if stats is not None:
             stats["contractions"] = stats.get("contractions", 0) + 1
             stats["flops"] = stats.get("flops", 0.0) + con.flops

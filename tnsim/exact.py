@@ -158,36 +158,45 @@ def _orbit_count(kind: str, ta: Term, tb: Term, va: int, vb: int, partial: bool)
     return count_matching_orbits(ta.degree, list(ta.group), tb.degree, list(tb.group), partial)
 
 
-def _first_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs=False, mode=Mode()) -> float:
-    """Flops of the cheapest-to-find representative (planned and cached, not run)."""
-    from .contract import build_equation
+#: plan sampled representatives to estimate flops when there are at most this many orbits
+SAMPLE_BELOW = 5000
+SAMPLES = 5
+
+
+def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count) -> float:
+    """Estimated flops of all orbit contractions of one term pair (plans a few, runs none).
+
+    With few orbits, representatives spread over the orbit list are planned and their mean
+    cost is scaled by the count (the aligned pairing alone is the cheapest and would
+    underestimate); with many, the aligned pairing's cost times the count is a lower bound.
+    """
+    from .contract import pairings, planned
 
     la, lb = mode.labels(ta, tb)
     sides = [Side(ta, va, la, out_maps[0]), Side(tb, vb, lb, out_maps[1])]
-    partial = bool(getattr(kernel, "partial", False))
+    if count <= SAMPLE_BELOW:
+        reps, _ = pairings(sides, kernel, kind)
+        step = max(1, len(reps) // SAMPLES)
+        sample = reps[::step][:SAMPLES]
+        flops = [planned(sides, kernel, kind, open_outputs, *r[:1], *r[2:]).flops for r in sample]
+        return count * sum(flops) / len(flops)
     if kind == "tensor":
         k = ta.degree + va
-        pairs = [((0, i), (1, i)) for i in range(k)]
-        singles = []
+        pairs, singles = [((0, i), (1, i)) for i in range(k)], []
     else:
+        partial = bool(getattr(kernel, "partial", False))
         pairs = [((0, i), (1, i)) for i in range(min(ta.degree, tb.degree))]
         rest = [(0, i) for i in range(len(pairs), ta.degree)] + [(1, i) for i in range(len(pairs), tb.degree)]
         while len(rest) >= 2 and not partial:
             pairs.append((rest.pop(0), rest.pop(0)))
-        singles = rest
-    con = plan(
-        ("estimate", kind, ta.structure, tb.structure, ta.batch, tb.batch, la, lb, va, vb,
-         kernel.structure, open_outputs,
-         tuple(tuple(None if m is None else tuple(m.shape) for m in om or ()) for om in out_maps)),
-        lambda: build_equation(sides, pairs, singles, kernel, open_outputs),
-    )
-    return con.flops
+        singles = rest + [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
+    return count * planned(sides, kernel, kind, open_outputs, ("aligned",), pairs, singles).flops
 
 
 def estimate(
     kind, terms_a, terms_b, kernel, virtual, out_maps, open_outputs=False, mode=Mode()
 ) -> tuple[int, float]:
-    """(number of orbit contractions, estimated flops) without enumerating orbits."""
+    """(number of orbit contractions, estimated flops); contracts nothing."""
     partial = bool(getattr(kernel, "partial", False))
     n, flops = 0, 0.0
     for ta in terms_a:
@@ -195,7 +204,7 @@ def estimate(
             va, vb = virtual(ta), virtual(tb)
             c = _orbit_count(kind, ta, tb, va, vb, partial)
             n += c
-            flops += c * _first_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode)
+            flops += _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, c)
     return n, flops
 
 
