@@ -189,3 +189,16 @@ def test_measure_validation():
         tnsim.similarity(a, a, method="fast")
     with pytest.raises(tnsim.ShapeMismatchError, match="out of range"):
         tnsim.similarity(a, a, outputs=[7])
+
+
+def test_draw_produces_a_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    net = tnsim.compile(stack2(bias=True))
+    fig = net.draw(term=0, return_fig=True)
+    assert fig is not None and len(fig.axes) >= 1
+    plt.close("all")
+    assert net.tn.num_tensors == sum(t.tn.num_tensors for t in net.terms)

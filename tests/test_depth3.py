@@ -47,9 +47,8 @@ def test_depth3_gaussian_exact_against_monte_carlo():
     v = torch.cat(vals)
     est, se = float(v.mean()), float(v.std() / len(v) ** 0.5)
     assert abs(exact - est) < 4 * se, (exact, est, se)
-    c = tnsim.compare(a, b, method="exact")
     # 606 Wick orbits per inner product (of 2027025 perfect matchings) for bias-free layers
-    assert c.cost.contractions == 3 * 606
+    assert tnsim.cost(a, b, method="exact").contractions == 3 * 606
 
 
 def test_depth3_gaussian_closure():
