@@ -120,8 +120,11 @@ def test_monte_carlo_matches_exact_within_its_standard_error():
 
 def test_monte_carlo_standard_error_is_calibrated():
     """The spread of independent estimates matches the reported standard error."""
+    from tnsim.experiments.common import threads
+
     a, b = bilinear(3, 4, 2, seed=11), bilinear(3, 4, 2, seed=12)
-    ests = [B.monte_carlo(a, b, n=1000, seed=s) for s in range(200)]
+    with threads(1):  # 200 tiny runs: threads only add overhead
+        ests = [B.monte_carlo(a, b, n=1000, seed=s) for s in range(200)]
     spread = torch.tensor([e.value for e in ests]).std().item()
     reported = sum(e.stderr for e in ests) / len(ests)
     assert 0.85 < spread / reported < 1.15, (spread, reported)
@@ -147,3 +150,20 @@ def test_matrices_with_two_lists_and_errors():
         B.output_cosine(left[0], left[1], x, outputs=[5])
     with pytest.raises(ValueError, match="needs data"):
         B.cka_matrix(left)
+
+
+def test_distributions_have_unit_variance_and_stay_finite():
+    from tnsim import data as D
+
+    g = torch.Generator().manual_seed(0)
+    pca = torch.randn(500, 4, generator=g)
+    for name in D.DISTRIBUTIONS:
+        x = D.sample(name, 400_000, 4, g, data=pca)
+        assert torch.isfinite(x).all(), name
+        mean, cov = D.moments(name, 4, pca)
+        if name in ("data", "data_noise"):
+            continue
+        # the empirical moments agree with the stated ones (the heavy-tailed Student-t more loosely)
+        tol = 0.1 if name == "student_t" else 0.02
+        assert torch.allclose(x.double().mean(0), mean, atol=0.02), name
+        assert torch.allclose(x.double().var(0), cov.diagonal(), atol=tol), name

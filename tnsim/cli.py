@@ -78,6 +78,12 @@ def _options(args, models) -> dict:
             raise CliError("--centred applies to the gaussian, output and monte_carlo measures")
         return opts
     data = _data(args.data, models)
+    if data is not None:
+        from . import as_network
+
+        d = as_network(models[0]).real_in_shape[-1]
+        if data.shape[-1] != d:
+            raise CliError(f"--data {args.data} has {data.shape[-1]} features but the checkpoints take {d}")
     if m == "matrix":
         if args.centred:
             raise CliError("--centred does not apply to the matrix measure")

@@ -173,9 +173,9 @@ def sample(name: str, n: int, d: int, generator: torch.Generator, data: torch.Te
         return torch.randn(n, d, **kw)
     if name == "uniform":
         return (torch.rand(n, d, **kw) * 2 - 1) * 3**0.5
-    if name == "laplace":
-        u = torch.rand(n, d, **kw) - 0.5
-        return -torch.sign(u) * torch.log1p(-2 * u.abs()) / 2**0.5
+    if name == "laplace":  # difference of two Exp(1) (rand is in [0, 1), so log1p(-u) is finite)
+        e1, e2 = -torch.log1p(-torch.rand(n, d, **kw)), -torch.log1p(-torch.rand(n, d, **kw))
+        return (e1 - e2) / 2**0.5
     if name == "student_t":
         nu = STUDENT_DOF
         z = torch.randn(n, d, **kw)

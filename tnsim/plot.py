@@ -174,7 +174,7 @@ def curves(series: Mapping[str, object], *, phases: Sequence[Phase] | None = Non
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="best")
     if title:
-        ax.set_title(title, fontsize=9, pad=14 if phases else 6)
+        ax.set_title(title, fontsize=9, pad=(24 if len(phases) >= 6 else 14) if phases else 6)
     return fig if fig is not None else ax.figure
 
 

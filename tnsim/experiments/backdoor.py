@@ -39,21 +39,26 @@ from . import common as C
 
 NAME = "backdoor"
 TARGET = 9
+#: what a saved trajectory depends on besides the mode settings (part of its cache key)
+IDENTITY = {"experiment": NAME, "target": TARGET, "trigger": list(D.TRIGGER_PIXELS), "model": "Bilinear(64, h, 10)"}
 
 MODES = {
     "quick": dict(seeds=[0], hidden=16, clean_steps=300, poison_steps=300, every=20, batch=64,
                   lr=5e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=2_000),
-    "demo": dict(seeds=[0, 1, 2], hidden=32, clean_steps=1500, poison_steps=1500, every=50, batch=128,
+    "demo": dict(seeds=[0, 1, 2, 3, 4, 5], hidden=48, clean_steps=2000, poison_steps=2000, every=50, batch=128,
                  lr=3e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=20_000),
-    "full": dict(seeds=[0, 1, 2, 3, 4], hidden=64, clean_steps=3000, poison_steps=3000, every=100,
+    "full": dict(seeds=list(range(10)), hidden=64, clean_steps=3000, poison_steps=3000, every=100,
                  batch=128, lr=3e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=100_000),
 }
 
 
-def metrics(test_x: torch.Tensor) -> list[C.Metric]:
+def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[C.Metric]:
+    x = train_x.double()
     return [
         C.Metric("tensor", "tensor"),
         C.Metric("Gaussian N(0,I)", "gaussian"),
+        C.Metric("Gaussian N(μ,Σ) of clean data", "gaussian",
+                 {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)}),
         C.Metric("matrix cosine", "matrix"),
         C.Metric("output cosine (clean test)", "output", {"data": test_x}),
         C.Metric("linear CKA (clean test)", "cka", {"data": test_x}, slices=False),
@@ -127,11 +132,11 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
         cfg["seeds"] = list(seeds)
     res = C.Output(out, NAME, mode, cfg, command)
     split = D.digits(seed=0)
-    mets = metrics(split.test.x)
+    mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
         runs = {}
         for seed in cfg["seeds"]:
-            run_cfg = {**cfg, "seeds": None, "seed": seed, "experiment": NAME}
+            run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
             traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
                             lambda: train(seed, cfg, split, progress), log=log)
             runs[seed] = (traj, analyse(traj, mets, progress, seed))
@@ -212,7 +217,7 @@ def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], s
                       phases=phases, ylim=(-0.02, 1.02), ylabel="fraction",
                       title=f"Backdoor training (seed {seed}): clean accuracy stays, the trigger takes")
     res.figure(fig, "training.png", "Clean test accuracy and trigger success rate per checkpoint.")
-    fig = plot.heatmaps(an["matrices"], phases=phases, ncols=5, panel=2.9,
+    fig = plot.heatmaps(an["matrices"], phases=phases, ncols=3, panel=3.2,
                         title=f"Checkpoint × checkpoint similarity, clean training then poisoned fine-tune (seed {seed})")
     res.figure(fig, "heatmaps.png", "Similarity matrices of every metric (own colour scale each; "
                                     "diagonal excluded from the scale).")

@@ -2,12 +2,13 @@ r"""Forgetting: classes added in stages, one removed (catastrophic forgetting), 
 
 A one-layer bilinear classifier ``tnsim.nn.Bilinear(64, h, 10)`` (no biases, as in the backdoor
 experiment) is trained on the 8×8 digits of classes 0–4, then 5, 6, 7, 8 and 9 are added one
-stage at a time; then 9 is removed ("−9": the model forgets it), added back ("+9 again"), and a
-*control* stage continues with unchanged data. The optimizer carries on across stages.
+stage at a time; a *control* stage continues with unchanged data (the null: nothing changes at
+its boundary); then 9 is removed ("−9": the model forgets it) and added back ("+9 again"). The
+optimizer carries on across stages.
 
-Which class was forgotten, without being told: at the "+9" → "−9" boundary every metric's class
-slices (``outputs=[k]``) give a contrast :math:`\Delta_k` between the late half of the "+9"
-stage and the "−9" stage; the flagged class is :math:`\arg\max_k\Delta_k` (clear when it beats
+Which class was forgotten, without being told: at the "control" → "−9" boundary every metric's
+class slices (``outputs=[k]``) give a contrast :math:`\Delta_k` between the late half of the
+control stage and the "−9" stage; the flagged class is :math:`\arg\max_k\Delta_k` (clear when it beats
 the runner-up by 1.5×). The same rule is applied at *every* stage boundary: it should name the
 class added at "+k", the removed class at "−9", and nothing clear at the control boundary.
 
@@ -33,24 +34,32 @@ STAGES = [
     ("+7", list(range(8))),
     ("+8", list(range(9))),
     ("+9", list(range(10))),
+    ("control", list(range(10))),
     ("-9", list(range(9))),
     ("+9 again", list(range(10))),
-    ("control", list(range(10))),
 ]
 #: what changed at the boundary into each stage (None: nothing, the control)
+#: what a saved trajectory depends on besides the mode settings (part of its cache key)
+IDENTITY = {"experiment": NAME, "stages": STAGES, "model": "Bilinear(64, h, 10)"}
 CHANGED = {"+5": 5, "+6": 6, "+7": 7, "+8": 8, "+9": 9, "-9": 9, "+9 again": 9, "control": None}
 
 MODES = {
     "quick": dict(seeds=[0], hidden=16, stage_steps=150, every=30, batch=64, lr=5e-3, weight_decay=0.05),
-    "full": dict(seeds=[0, 1, 2], hidden=64, stage_steps=1000, every=100, batch=128, lr=3e-3,
+    "full": dict(seeds=[0, 1, 2, 3, 4], hidden=64, stage_steps=1000, every=100, batch=128, lr=3e-3,
                  weight_decay=0.05),
 }
 
 
-def metrics(test_x: torch.Tensor) -> list[C.Metric]:
+DATA_GAUSSIAN = "Gaussian N(μ,Σ) of the data"
+
+
+def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[C.Metric]:
+    x = train_x.double()
     return [
         C.Metric("tensor", "tensor"),
         C.Metric("Gaussian N(0,I)", "gaussian"),
+        C.Metric(DATA_GAUSSIAN, "gaussian",
+                 {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)}),
         C.Metric("matrix cosine", "matrix"),
         C.Metric("output cosine (test)", "output", {"data": test_x}),
         C.Metric("linear CKA (test)", "cka", {"data": test_x}, slices=False),
@@ -114,11 +123,11 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
         cfg["seeds"] = list(seeds)
     res = C.Output(out, NAME, mode, cfg, command)
     split = D.digits(seed=0)
-    mets = metrics(split.test.x)
+    mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
         runs = {}
         for seed in cfg["seeds"]:
-            run_cfg = {**cfg, "seeds": None, "seed": seed, "experiment": NAME}
+            run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
             traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
                             lambda: train(seed, cfg, split, progress), log=log)
             runs[seed] = (traj, analyse(traj, mets, progress, seed))
@@ -134,6 +143,7 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
                     for s, (_, a) in runs.items()}
     res.table("summary.csv", summary["rows"])
     res.table("boundaries.csv", summary["boundaries"])
+    res.table("stage_contrast.csv", summary["stage_contrast"])
     figures(res, traj0, an0, mets, cfg["seeds"][0])
     res.finish(report_md(summary, traj0, an0, cfg))
     log(f"wrote {res.folder}/report.md")
@@ -169,7 +179,11 @@ def summarise(runs: dict, mets: list[C.Metric]) -> dict:
                            "changed_class": "none" if changed is None else changed,
                            "flagged": fs[0]["flagged"], "margin": st.mean(f["margin"] for f in fs),
                            "correct": f"{right if changed is not None else quiet}/{len(fs)}"})
-    return {"rows": rows, "boundaries": bounds}
+    stage = []
+    for m in mets:
+        cs = [runs[s][1]["contrast"][m.label] for s in seeds]
+        stage.append({"metric": m.label, **{b: st.mean(c[b] for c in cs) for b in cs[0]}})
+    return {"rows": rows, "boundaries": bounds, "stage_contrast": stage}
 
 
 def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], seed: int) -> None:
@@ -185,14 +199,15 @@ def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], s
     fig = plot.heatmaps(an["matrices"], phases=phases, ncols=3, panel=3.6,
                         title=f"Checkpoint × checkpoint similarity through the stages (seed {seed})")
     res.figure(fig, "heatmaps.png", "Similarity matrices of every metric (own colour scale each).")
-    f = an["flag"]["tensor"]
-    notes = {f"class {k}": f"Δ(−9)={v:.3f}" for k, v in f["deltas"].items()}
-    fig = plot.slice_panels({f"class {k}": m for k, m in an["slices"]["tensor"].items()}, phases=phases,
-                            highlight=f"class {f['flagged']}", note=notes,
-                            title="Tensor similarity per class slice; Δ(−9) = contrast of stage −9 "
-                                  "against the late half of stage +9")
-    res.figure(fig, "slices_tensor.png", "Per-class tensor slices; the framed class is the one "
-                                         "named as forgotten (largest contrast at the −9 boundary).")
+    for label, filename in (("tensor", "slices_tensor.png"), (DATA_GAUSSIAN, "slices_data_gaussian.png")):
+        f = an["flag"][label]
+        notes = {f"class {k}": f"Δ(−9)={v:.3f}" for k, v in f["deltas"].items()}
+        fig = plot.slice_panels({f"class {k}": m for k, m in an["slices"][label].items()}, phases=phases,
+                                highlight=f"class {f['flagged']}" if f["clear"] else None, note=notes,
+                                title=f"{label}: similarity per class slice; Δ(−9) = contrast of stage −9 "
+                                      "against the late half of the control stage")
+        res.figure(fig, filename, f"Per-class slices of {label}; the framed class (if any) is named as "
+                                  "forgotten: largest contrast at the −9 boundary, by a margin ≥ 1.5.")
     groups = {}
     for m in mets:
         if m.slices:
@@ -200,7 +215,7 @@ def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], s
             top = max(d.values()) or 1.0
             groups[m.label] = {str(k): v / top for k, v in d.items()}
     fig = plot.bars(groups, highlight=str(FORGOTTEN), ylabel="Δ_k / max_k Δ_k",
-                    title="Per-class slice contrast at the forgetting boundary (+9 → −9), normalised per metric")
+                    title="Per-class slice contrast at the forgetting boundary (control → −9), normalised per metric")
     res.figure(fig, "class_contrasts.png", "Per-class contrasts at the forgetting boundary for each "
                                            "metric (largest = 1).")
     means = {m.label: torch.tensor(an["stage_means"][m.label]) for m in mets}
@@ -211,10 +226,20 @@ def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], s
                                        "and +9 again like +9?")
 
 
-def report_md(summary: dict, traj: C.Trajectory, an: dict, cfg: dict) -> str:
+def returns_table(traj: C.Trajectory, an: dict) -> list[dict]:
     names = [p[0] for p in traj.phase_list]
-    sm = an["stage_means"]["tensor"]
     i8, i9, im, ia = names.index("+8"), names.index("+9"), names.index("-9"), names.index("+9 again")
+    rows = []
+    for label in ("tensor", DATA_GAUSSIAN):
+        for what, m in (("whole model", an["matrices"][label]), ("class-9 slice", an["slices"][label][FORGOTTEN])):
+            sm = C.stage_means(m, traj.phase_list)
+            rows.append({"metric": label, "part": what, "-9 vs +8": sm[im][i8], "-9 vs +9": sm[im][i9],
+                         "+9 again vs +9": sm[ia][i9], "+9 again vs -9": sm[ia][im]})
+    return rows
+
+
+def report_md(summary: dict, traj: C.Trajectory, an: dict, cfg: dict) -> str:
+    returns = returns_table(traj, an)
     rec = traj.records
     last = {p[0]: p[2] - 1 for p in traj.phase_list}
     n = len(cfg["seeds"])
@@ -225,20 +250,26 @@ def report_md(summary: dict, traj: C.Trajectory, an: dict, cfg: dict) -> str:
         f"stage +9, {rec[last['-9']]['acc_9']:.3f} after −9 (forgotten), "
         f"{rec[last['+9 again']]['acc_9']:.3f} after +9 again.",
         "",
-        f"Naming the forgotten class (largest class-slice contrast at the +9 → −9 boundary; `names_9` "
+        f"Naming the forgotten class (largest class-slice contrast at the control → −9 boundary; `names_9` "
         f"counts seeds, of {n}, where it is class 9 with margin ≥ 1.5; the control columns apply the "
         "same rule at the control boundary, where nothing changed):",
         "",
         C.markdown_table(summary["rows"]),
         "",
-        "The same rule at every stage boundary (`correct`: seeds where the flagged class is the class "
+        "Contrast Δ of each stage against the late half of the previous one, whole model (mean over "
+        "seeds; `control` is the null):",
+        "",
+        C.markdown_table(summary["stage_contrast"]),
+        "",
+        "The same class-slice rule at every stage boundary (`correct`: seeds where the flagged class is the class "
         "whose data changed, clearly; at the control boundary: seeds with no clear flag):",
         "",
         C.markdown_table(summary["boundaries"]),
         "",
-        f"Tensor similarity between stages (seed {cfg['seeds'][0]}, block means): −9 vs +8 "
-        f"{sm[im][i8]:.3f}, −9 vs +9 {sm[im][i9]:.3f}; +9 again vs +9 {sm[ia][i9]:.3f}, "
-        f"+9 again vs −9 {sm[ia][im]:.3f}.",
+        f"Does removing 9 return the model to where it was before 9 was added, and re-adding it to where "
+        f"it was after? Block-mean similarities between stages (seed {cfg['seeds'][0]}):",
+        "",
+        C.markdown_table(returns),
         "",
         "Measures: tensor (= centred N(0, I) Gaussian for this bias-free model), Gaussian = raw N(0, I) "
         "second moment, matrix cosine (class slice: the read-out row of the class with the shared "

@@ -28,6 +28,8 @@ from ..nn import Bilinear
 from . import common as C
 
 NAME = "grokking"
+#: what a saved trajectory depends on besides the mode settings (part of its cache key)
+IDENTITY = {"experiment": NAME, "model": "Bilinear(2P, h, P)"}
 
 MODES = {
     "quick": dict(seeds=[0], p=23, hidden=64, train_fraction=0.5, steps=2000, checkpoints=30, lr=5e-3,
@@ -110,7 +112,7 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
     ]
     seed = cfg["seeds"][0]
     with C.threads(threads):
-        run_cfg = {**cfg, "seeds": None, "seed": seed, "experiment": NAME}
+        run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
         traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
                         lambda: train(seed, cfg, split, progress), log=log)
         mats = C.matrices(mets, traj.models, progress=progress, desc="similarity matrices")
@@ -137,17 +139,19 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
 
 def summarise(traj, mats, freq_cos, s_in, s_out, phases) -> dict:
     rec = traj.records
-    test = torch.tensor([r["test_accuracy"] for r in rec], dtype=torch.float64)
     keys = [key_frequencies(s) for s in s_in]
     n_key = [len(k) for k in keys]
     off = ~torch.eye(len(rec), dtype=torch.bool)
-    rows = []
-    for label, m in mats.items():
-        rows.append({"metric": label,
-                     "spearman_vs_frequency_cosine": spearman(m[off], freq_cos[off]),
-                     "spearman_sim_to_final_vs_test_accuracy": spearman(m[-1, :-1], test[:-1]),
-                     "first_vs_last": float(m[0, -1])})
     names = [ph[0] for ph in phases]
+    blocks = {ph[0]: list(range(ph[1], ph[2])) for ph in phases}
+    rows = []
+    for label, m in [*mats.items(), ("frequency-spectrum cosine", freq_cos)]:
+        row = {"metric": label, "spearman_vs_frequency_cosine": spearman(m[off], freq_cos[off]),
+               "first_vs_last": float(m[0, -1])}
+        if "memorised" in blocks and "generalised" in blocks:
+            c = C.contrast(m, blocks["memorised"], blocks["generalised"])
+            row.update(delta_memorised_generalised=c["delta"], separation=c["separation"])
+        rows.append(row)
     out = {"metrics": rows, "keys": keys, "n_key": n_key, "final_key_in": keys[-1],
            "final_key_out": key_frequencies(s_out[-1]),
            "memorised_step": rec[phases[names.index("memorised")][1]]["step"] if "memorised" in names else None,
@@ -213,8 +217,8 @@ def report_md(s: dict, cfg: dict, traj, phases) -> str:
         f"the final key frequencies carry {100 * s['share_of_power_in_final_keys']:.0f}% of the input power.",
         "",
         "How each metric follows the mechanism: Spearman correlation of its off-diagonal entries with "
-        "the frequency-spectrum cosine matrix, and of each checkpoint's similarity to the final one "
-        "with test accuracy:",
+        "the frequency-spectrum cosine matrix; contrast Δ (and separation) of the memorised and the "
+        "generalised blocks of checkpoints; similarity of the first and last checkpoints:",
         "",
         C.markdown_table(s["metrics"]),
         "",
