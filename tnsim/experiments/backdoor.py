@@ -281,7 +281,7 @@ def report_md(summary: dict, identity: float, mc: dict, traj: C.Trajectory, cfg:
         "",
         f"Monte Carlo check (seed {cfg['seeds'][0]}): {mc['samples']} Gaussian samples estimate the exact "
         f"Gaussian matrix with mean |error| {mc['mean_abs_error']:.2e} (max {mc['max_abs_error']:.2e}, "
-        f"mean standard error {mc['mean_stderr']:.2e}; {100 * mc['fraction_within_3_stderr']:.0f}% of "
+        f"mean standard error {mc['mean_stderr']:.2e}; {100 * mc['fraction_within_3_stderr']:.1f}% of "
         f"entries within 3 standard errors) in {mc['mc_seconds']:.1f} s; the exact matrix took "
         f"{mc['exact_seconds']:.1f} s.",
     ]
