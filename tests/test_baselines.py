@@ -15,7 +15,11 @@ def permuted(f: tnsim.nn.Bilinear, seed: int = 0, rescale: bool = False) -> tnsi
     g = torch.Generator().manual_seed(seed)
     h = f.left.out_features
     perm = torch.randperm(h, generator=g)
-    s = torch.exp(torch.randn(h, generator=g, dtype=torch.float64)) if rescale else torch.ones(h, dtype=torch.float64)
+    s = (
+        torch.exp(torch.randn(h, generator=g, dtype=torch.float64))
+        if rescale
+        else torch.ones(h, dtype=torch.float64)
+    )
     out = tnsim.nn.Bilinear(f.d_in, h, f.d_out).double()
     with torch.no_grad():
         out.left.weight.copy_(f.left.weight[perm] * s[:, None])
@@ -25,8 +29,11 @@ def permuted(f: tnsim.nn.Bilinear, seed: int = 0, rescale: bool = False) -> tnsi
 
 
 def brute_matrix_cosine(a, b):
-    cs = [torch.nn.functional.cosine_similarity(p.detach().flatten(), q.detach().flatten(), dim=0)
-          for p, q in zip(a.parameters(), b.parameters()) if p.dim() >= 2]
+    cs = [
+        torch.nn.functional.cosine_similarity(p.detach().flatten(), q.detach().flatten(), dim=0)
+        for p, q in zip(a.parameters(), b.parameters())
+        if p.dim() >= 2
+    ]
     return float(sum(cs) / len(cs))
 
 
@@ -36,14 +43,19 @@ def test_matrix_cosine_by_hand_and_matrix_api():
     assert m.shape == (3, 3)
     for i in range(3):
         for j in range(3):
-            assert m[i, j].item() == pytest.approx(brute_matrix_cosine(models[i], models[j]), rel=1e-12)
+            assert m[i, j].item() == pytest.approx(
+                brute_matrix_cosine(models[i], models[j]), rel=1e-12
+            )
             assert B.matrix_cosine(models[i], models[j]) == pytest.approx(m[i, j].item(), rel=1e-12)
     per = B.matrix_cosine(models[0], models[1], per_matrix=True)
     assert set(per) == {"left.weight", "right.weight", "down.weight"}
     w = models[0].down.weight.detach()[1], models[1].down.weight.detach()[1]
     # outputs=[1] keeps row 1 of the read-out; the shared matrices enter unchanged
-    by_hand = (per["left.weight"] + per["right.weight"]
-               + float(torch.nn.functional.cosine_similarity(w[0], w[1], dim=0))) / 3
+    by_hand = (
+        per["left.weight"]
+        + per["right.weight"]
+        + float(torch.nn.functional.cosine_similarity(w[0], w[1], dim=0))
+    ) / 3
     assert B.matrix_cosine(models[0], models[1], outputs=[1]) == pytest.approx(by_hand, rel=1e-12)
 
 
@@ -70,12 +82,16 @@ def test_output_cosine_by_hand_centred_and_sliced():
     assert B.output_cosine(a, b, x, outputs=[2]) == pytest.approx(sl, rel=1e-12)
     p = torch.eye(3, dtype=torch.float64) - 1 / 3  # a projection on the outputs
     pa, pb = ya @ p.T, yb @ p.T
-    assert B.output_cosine(a, b, x, outputs=p) == pytest.approx(float((pa * pb).sum() / (pa.norm() * pb.norm())), rel=1e-12)
+    assert B.output_cosine(a, b, x, outputs=p) == pytest.approx(
+        float((pa * pb).sum() / (pa.norm() * pb.norm())), rel=1e-12
+    )
     # chunked accumulation over a matrix of models equals the pairwise values
     models = [a, b, bilinear(3, 4, 3, bias=True, seed=4)]
     m = B.output_cosine_matrix(models, data=x, centred=True)
     assert m[0, 1].item() == pytest.approx(cen, rel=1e-12)
-    assert torch.allclose(m, m.T) and torch.allclose(m.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(m, m.T) and torch.allclose(
+        m.diagonal(), torch.ones(3, dtype=torch.float64)
+    )
 
 
 def test_output_cosine_on_a_distribution_is_seeded():
@@ -90,9 +106,9 @@ def brute_cka(ha: torch.Tensor, hb: torch.Tensor) -> float:
     """CKA through n x n Gram matrices and the centring matrix H (HSIC form)."""
     n = len(ha)
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = ha @ ha.T, hb @ hb.T
+    k, q = ha @ ha.T, hb @ hb.T
     hsic = lambda p, q: torch.trace(p @ h @ q @ h)  # noqa: E731
-    return float(hsic(k, l) / torch.sqrt(hsic(k, k) * hsic(l, l)))
+    return float(hsic(k, q) / torch.sqrt(hsic(k, k) * hsic(q, q)))
 
 
 def test_cka_by_hand_and_invariances():
@@ -100,11 +116,17 @@ def test_cka_by_hand_and_invariances():
     x = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     hid = lambda m: (m.left(x) * m.right(x)).detach()  # noqa: E731  the input of the read-out
     assert B.cka(a, b, x) == pytest.approx(brute_cka(hid(a), hid(b)), rel=1e-10)
-    assert B.cka(a, permuted(a, seed=3), x) == pytest.approx(1.0, abs=1e-12)  # permutation-invariant
+    assert B.cka(a, permuted(a, seed=3), x) == pytest.approx(
+        1.0, abs=1e-12
+    )  # permutation-invariant
     # a named layer: the output of `left`
-    assert B.cka(a, b, x, layer="left") == pytest.approx(brute_cka(a.left(x).detach(), b.left(x).detach()), rel=1e-10)
+    assert B.cka(a, b, x, layer="left") == pytest.approx(
+        brute_cka(a.left(x).detach(), b.left(x).detach()), rel=1e-10
+    )
     m = tnsim.similarity_matrix([a, b, a], measure="cka", data=x)
-    assert m[0, 2].item() == pytest.approx(1.0, abs=1e-12) and m[0, 1].item() == pytest.approx(B.cka(a, b, x), rel=1e-12)
+    assert m[0, 2].item() == pytest.approx(1.0, abs=1e-12) and m[0, 1].item() == pytest.approx(
+        B.cka(a, b, x), rel=1e-12
+    )
 
 
 def test_monte_carlo_matches_exact_within_its_standard_error():
@@ -137,7 +159,12 @@ def test_matrices_with_two_lists_and_errors():
     left = [bilinear(3, 4, 2, seed=s) for s in range(2)]
     right = [bilinear(3, 4, 2, seed=s) for s in range(2, 5)]
     x = torch.randn(20, 3, dtype=torch.float64)
-    for name, opts in (("matrix", {}), ("output", {"data": x}), ("cka", {"data": x}), ("monte_carlo", {"n": 500})):
+    for name, opts in (
+        ("matrix", {}),
+        ("output", {"data": x}),
+        ("cka", {"data": x}),
+        ("monte_carlo", {"n": 500}),
+    ):
         m = tnsim.similarity_matrix(left, right, measure=name, **opts)
         assert m.shape == (2, 3), name
     with pytest.raises(ValueError, match="unknown measure 'nope'.*cka.*matrix"):

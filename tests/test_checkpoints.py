@@ -20,8 +20,13 @@ def same_weights(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("make", [lambda: bilinear(3, 4, 2, bias=True),
-                                  lambda: residual_stack(d=3, width=4, h=5, o=2, bias=True)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bilinear(3, 4, 2, bias=True),
+        lambda: residual_stack(d=3, width=4, h=5, o=2, bias=True),
+    ],
+)
 def test_round_trip(tmp_path, make):
     model = make()
     path = K.save(model, tmp_path / "m.safetensors", meta={"step": 7})
@@ -54,8 +59,9 @@ def test_state_dicts_with_and_without_sidecar(tmp_path):
     # residual connections have no parameters: the sidecar says so
     res = residual_stack(d=3, width=4, h=5, o=2)
     torch.save(res.state_dict(), tmp_path / "res.pt")
-    (tmp_path / "res.json").write_text(json.dumps({"format": "tnsim-checkpoint", "version": 1,
-                                                   "model": K.describe(res)}))
+    (tmp_path / "res.json").write_text(
+        json.dumps({"format": "tnsim-checkpoint", "version": 1, "model": K.describe(res)})
+    )
     loaded = K.load(tmp_path / "res.pt")
     x = torch.randn(4, 3, dtype=torch.float64)
     torch.testing.assert_close(res(x), loaded(x))
@@ -86,21 +92,37 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
     fails(tmp_path, "is a directory")
     # the description does not match the tensors
     K.save(bilinear(3, 4, 2), tmp_path / "shape.safetensors")
-    (tmp_path / "shape.json").write_text(json.dumps({"format": "tnsim-checkpoint", "version": 1,
-                                                     "model": K.describe(bilinear(3, 5, 2))}))
-    fails(tmp_path / "shape.safetensors", "'left.weight' has shape (4, 3) but the architecture in shape.json needs (5, 3)")
+    (tmp_path / "shape.json").write_text(
+        json.dumps(
+            {"format": "tnsim-checkpoint", "version": 1, "model": K.describe(bilinear(3, 5, 2))}
+        )
+    )
+    fails(
+        tmp_path / "shape.safetensors",
+        "'left.weight' has shape (4, 3) but the architecture in shape.json needs (5, 3)",
+    )
     K.save(bilinear(3, 4, 2), tmp_path / "keys.safetensors")
-    (tmp_path / "keys.json").write_text(json.dumps({"format": "tnsim-checkpoint", "version": 1,
-                                                    "model": K.describe(bilinear(3, 4, 2, bias=True))}))
+    (tmp_path / "keys.json").write_text(
+        json.dumps(
+            {
+                "format": "tnsim-checkpoint",
+                "version": 1,
+                "model": K.describe(bilinear(3, 4, 2, bias=True)),
+            }
+        )
+    )
     fails(tmp_path / "keys.safetensors", "missing left.bias, right.bias, down.bias")
     K.save(model, tmp_path / "badjson.safetensors")
     (tmp_path / "badjson.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="badjson.json: unreadable architecture JSON"):
         K.load(tmp_path / "badjson.safetensors")
     K.save(model, tmp_path / "kind.safetensors")
-    (tmp_path / "kind.json").write_text(json.dumps({"format": "tnsim-checkpoint", "version": 1,
-                                                    "model": {"type": "ReLU"}}))
-    with pytest.raises(CheckpointError, match="kind.json: bad architecture: model: unknown layer type 'ReLU'"):
+    (tmp_path / "kind.json").write_text(
+        json.dumps({"format": "tnsim-checkpoint", "version": 1, "model": {"type": "ReLU"}})
+    )
+    with pytest.raises(
+        CheckpointError, match="kind.json: bad architecture: model: unknown layer type 'ReLU'"
+    ):
         K.load(tmp_path / "kind.safetensors")
     nan = bilinear(3, 4, 2)
     with torch.no_grad():

@@ -39,7 +39,16 @@ def check_outputs(out, figures):
 
 def test_backdoor_is_flagged_by_the_class_9_slice(runs):
     out, res, results = runs("backdoor")
-    check_outputs(out, ["training.png", "heatmaps.png", "reference.png", "slices_tensor.png", "class_contrasts.png"])
+    check_outputs(
+        out,
+        [
+            "training.png",
+            "heatmaps.png",
+            "reference.png",
+            "slices_tensor.png",
+            "class_contrasts.png",
+        ],
+    )
     rec = results["records"]["0"]
     clean = [r for r in rec if r["phase"] == "clean"]
     post = [r for r in rec if r["phase"] == "poisoned"]
@@ -61,8 +70,17 @@ def test_backdoor_is_flagged_by_the_class_9_slice(runs):
 
 def test_forgetting_names_the_forgotten_class(runs):
     out, res, results = runs("forgetting")
-    check_outputs(out, ["training.png", "heatmaps.png", "slices_tensor.png", "slices_data_gaussian.png",
-                        "class_contrasts.png", "stage_means.png"])
+    check_outputs(
+        out,
+        [
+            "training.png",
+            "heatmaps.png",
+            "slices_tensor.png",
+            "slices_data_gaussian.png",
+            "class_contrasts.png",
+            "stage_means.png",
+        ],
+    )
     rows = {r["metric"]: r for r in res["rows"]}
     # the class slices of the exact Gaussian similarity under the data's moments name class 9
     data_gaussian = experiments.get("forgetting").DATA_GAUSSIAN
@@ -77,7 +95,9 @@ def test_forgetting_names_the_forgotten_class(runs):
     assert rec[last["+9"]]["acc_9"] > 0.8
     assert rec[last["-9"]]["acc_9"] < rec[last["+9"]]["acc_9"] - 0.3
     assert rec[last["+9 again"]]["acc_9"] > rec[last["-9"]]["acc_9"] + 0.3
-    assert [p[0] for p in results["phases"]["0"]] == [s for s, _ in experiments.get("forgetting").STAGES]
+    assert [p[0] for p in results["phases"]["0"]] == [
+        s for s, _ in experiments.get("forgetting").STAGES
+    ]
 
 
 def test_grokking_memorises_then_generalises(runs):
@@ -97,8 +117,17 @@ def test_distributions_task_is_solved_everywhere_and_gaussian_is_exact(runs):
     out, res, results = runs("distributions")
     check_outputs(out, ["scatter.png", "correlations.png"])
     rows = {r["distribution"]: r for r in res["rows"]}
-    assert list(rows) == ["gaussian", "uniform", "laplace", "student_t", "rademacher", "sparse",
-                          "shifted_gaussian", "data", "data_noise"]
+    assert list(rows) == [
+        "gaussian",
+        "uniform",
+        "laplace",
+        "student_t",
+        "rademacher",
+        "sparse",
+        "shifted_gaussian",
+        "data",
+        "data_noise",
+    ]
     for name, r in rows.items():
         assert r["accuracy_final"] > r["majority_rate"] + 0.3, name
     # an even (bias-free) student cannot learn the odd part under sign-symmetric inputs
@@ -136,11 +165,18 @@ def test_trajectories_resume_from_saved_checkpoints(tmp_path):
 
 
 def test_contrast_and_flag_definitions():
-    m = torch.tensor([[1.0, 0.9, 0.5, 0.5], [0.9, 1.0, 0.5, 0.5], [0.5, 0.5, 1.0, 0.7], [0.5, 0.5, 0.7, 1.0]],
-                     dtype=torch.float64)
+    m = torch.tensor(
+        [[1.0, 0.9, 0.5, 0.5], [0.9, 1.0, 0.5, 0.5], [0.5, 0.5, 1.0, 0.7], [0.5, 0.5, 0.7, 1.0]],
+        dtype=torch.float64,
+    )
     c = C.contrast(m, [0, 1], [2, 3])
     assert c["within_ref"] == 0.9 and c["within_post"] == 0.7 and c["cross"] == 0.5
     assert c["delta"] == pytest.approx(0.3) and c["separation"] == pytest.approx(0.5 / 0.2)
     f = C.flag({0: 0.1, 9: 0.4, 4: 0.2})
-    assert f["flagged"] == 9 and f["runner_up"] == 4 and f["margin"] == pytest.approx(2.0) and f["clear"]
+    assert (
+        f["flagged"] == 9
+        and f["runner_up"] == 4
+        and f["margin"] == pytest.approx(2.0)
+        and f["clear"]
+    )
     assert not C.flag({0: 0.3, 9: 0.4})["clear"]

@@ -43,7 +43,11 @@ def texts(fig):
 
 
 def test_heatmaps_side_by_side(tmp_path):
-    mats = {"tensor": block_matrix(seed=0), "matrix cosine": block_matrix(seed=1), "output": block_matrix(seed=2)}
+    mats = {
+        "tensor": block_matrix(seed=0),
+        "matrix cosine": block_matrix(seed=1),
+        "output": block_matrix(seed=2),
+    }
     fig = plot.heatmaps(mats, phases=PHASES, title="Backdoor")
     assert len(fig.axes) == 6  # one colour bar per panel
     words = texts(fig)
@@ -64,20 +68,31 @@ def test_colour_scale_ignores_the_diagonal_and_the_lowest_outliers():
 
 def test_slices_reference_curves_and_bars(tmp_path):
     slices = {f"class {k}": block_matrix(seed=k) for k in range(10)}
-    fig = plot.slice_panels(slices, phases=PHASES, highlight="class 9", title="slices",
-                            note={"class 9": "Δ=0.3"})
+    fig = plot.slice_panels(
+        slices, phases=PHASES, highlight="class 9", title="slices", note={"class 9": "Δ=0.3"}
+    )
     assert any("flagged" in t for t in texts(fig)) and any("Δ=0.3" in t for t in texts(fig))
     read_png(plot.save(fig, tmp_path / "s.png"))
-    fig = plot.reference_lines({"tensor": block_matrix(), "output": block_matrix(seed=3)}, 3, phases=PHASES)
+    fig = plot.reference_lines(
+        {"tensor": block_matrix(), "output": block_matrix(seed=3)}, 3, phases=PHASES
+    )
     assert "similarity to checkpoint 3" in texts(fig)
     read_png(plot.save(fig, tmp_path / "r.png"))
     steps = np.geomspace(10, 1000, 8).round()
-    fig = plot.curves({"train": np.linspace(0.5, 1, 8), "test": np.linspace(0, 1, 8)}, x=steps, logx=True,
-                      phases=[("memorised", 0, 5), ("generalised", 5, 8)], title="grokking")
+    fig = plot.curves(
+        {"train": np.linspace(0.5, 1, 8), "test": np.linspace(0, 1, 8)},
+        x=steps,
+        logx=True,
+        phases=[("memorised", 0, 5), ("generalised", 5, 8)],
+        title="grokking",
+    )
     assert fig.axes[0].get_xscale() == "log" and "generalised" in texts(fig)
     read_png(plot.save(fig, tmp_path / "c.png"))
-    fig = plot.bars({"tensor": {str(k): k / 9 for k in range(10)}, "matrix": {str(k): 0.5 for k in range(10)}},
-                    highlight="9", title="contrasts")
+    fig = plot.bars(
+        {"tensor": {str(k): k / 9 for k in range(10)}, "matrix": {str(k): 0.5 for k in range(10)}},
+        highlight="9",
+        title="contrasts",
+    )
     read_png(plot.save(fig, tmp_path / "b.png"))
 
 
@@ -86,6 +101,14 @@ def test_importing_tnsim_does_not_import_matplotlib():
     import sys
 
     code = "import sys, tnsim; print('matplotlib' in sys.modules, 'sklearn' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **__import__("os").environ,
+            "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]),
+        },
+    )
     assert out.stdout.split() == ["False", "False"]

@@ -215,8 +215,14 @@ def _cosine_stats(models_a, models_b, batches, centred: bool, outputs, stderr: b
     cvv = (m["vv"] - m["v"] ** 2)[:, None]
     cww = (m["ww"] - m["w"] ** 2)[None, :]
     gu, gv, gw = 1 / denom, -r / (2 * ev), -r / (2 * ew)
-    var = (gu * gu * cuu + gv * gv * cvv + gw * gw * cww
-           + 2 * gu * gv * cuv + 2 * gu * gw * cuw + 2 * gv * gw * cvw)
+    var = (
+        gu * gu * cuu
+        + gv * gv * cvv
+        + gw * gw * cww
+        + 2 * gu * gv * cuv
+        + 2 * gu * gw * cuw
+        + 2 * gv * gw * cvw
+    )
     se = torch.sqrt(torch.clamp(var, min=0) / n)
     if same:
         se.diagonal().zero_()
@@ -226,7 +232,9 @@ def _cosine_stats(models_a, models_b, batches, centred: bool, outputs, stderr: b
 def _data_batches(data: torch.Tensor, chunk: int):
     data = torch.as_tensor(data)
     if data.dim() == 1:
-        raise ShapeMismatchError(f"data must have a leading sample axis, got shape {tuple(data.shape)}")
+        raise ShapeMismatchError(
+            f"data must have a leading sample axis, got shape {tuple(data.shape)}"
+        )
 
     def batches():
         for start, count in _chunks(len(data), chunk):
@@ -239,9 +247,19 @@ def _chunk_size(n_a: int, n_b: int) -> int:
     return max(256, int(4e6 // max(1, n_a * n_b)))
 
 
-def output_cosine_matrix(models, models_b=None, *, data=None, distribution=None, n: int = 10_000,
-                         seed: int = 0, mean=None, cov=None, centred: bool = False,
-                         outputs=None) -> torch.Tensor:
+def output_cosine_matrix(
+    models,
+    models_b=None,
+    *,
+    data=None,
+    distribution=None,
+    n: int = 10_000,
+    seed: int = 0,
+    mean=None,
+    cov=None,
+    centred: bool = False,
+    outputs=None,
+) -> torch.Tensor:
     """Matrix of output cosines on ``data`` (rows are inputs) or on ``n`` samples of
     ``distribution`` (a name from :data:`tnsim.data.DISTRIBUTIONS`, ``"gaussian"`` with
     ``mean``/``cov``, or ``fn(count, generator) -> inputs``; ``data`` then feeds the
@@ -270,8 +288,19 @@ def _stream(distribution, n, seed, mean, cov, data, d, chunk):
     return batches
 
 
-def output_cosine(a, b, data=None, *, distribution=None, n: int = 10_000, seed: int = 0, mean=None,
-                  cov=None, centred: bool = False, outputs=None) -> float:
+def output_cosine(
+    a,
+    b,
+    data=None,
+    *,
+    distribution=None,
+    n: int = 10_000,
+    seed: int = 0,
+    mean=None,
+    cov=None,
+    centred: bool = False,
+    outputs=None,
+) -> float:
     r"""Behavioural similarity: cosine of the two models' outputs over a set of inputs.
 
     .. math:: \frac{\sum_n f_a(x_n)\cdot f_b(x_n)}{\sqrt{\sum_n |f_a(x_n)|^2\,\sum_n |f_b(x_n)|^2}}
@@ -291,13 +320,36 @@ def output_cosine(a, b, data=None, *, distribution=None, n: int = 10_000, seed: 
     >>> round(tnsim.baselines.output_cosine(f, torch.nn.Sequential(f, tnsim.nn.Linear(3, 3)), x), 2) < 1
     True
     """
-    return float(output_cosine_matrix([a], [b], data=data, distribution=distribution, n=n, seed=seed,
-                                      mean=mean, cov=cov, centred=centred, outputs=outputs)[0, 0])
+    return float(
+        output_cosine_matrix(
+            [a],
+            [b],
+            data=data,
+            distribution=distribution,
+            n=n,
+            seed=seed,
+            mean=mean,
+            cov=cov,
+            centred=centred,
+            outputs=outputs,
+        )[0, 0]
+    )
 
 
-def monte_carlo_matrix(models, models_b=None, *, n: int = 100_000, distribution="gaussian", mean=None,
-                       cov=None, centred: bool = False, outputs=None, seed: int = 0, data=None,
-                       return_stderr: bool = False):
+def monte_carlo_matrix(
+    models,
+    models_b=None,
+    *,
+    n: int = 100_000,
+    distribution="gaussian",
+    mean=None,
+    cov=None,
+    centred: bool = False,
+    outputs=None,
+    seed: int = 0,
+    data=None,
+    return_stderr: bool = False,
+):
     """Matrix of Monte Carlo functional cosines on ``n`` samples (shared by all models).
 
     With ``return_stderr=True`` returns ``(values, standard_errors)``. See :func:`monte_carlo`.
@@ -312,8 +364,19 @@ def monte_carlo_matrix(models, models_b=None, *, n: int = 100_000, distribution=
     return (r, se) if return_stderr else r
 
 
-def monte_carlo(a, b, *, n: int = 100_000, distribution="gaussian", mean=None, cov=None,
-                centred: bool = False, outputs=None, seed: int = 0, data=None) -> Estimate:
+def monte_carlo(
+    a,
+    b,
+    *,
+    n: int = 100_000,
+    distribution="gaussian",
+    mean=None,
+    cov=None,
+    centred: bool = False,
+    outputs=None,
+    seed: int = 0,
+    data=None,
+) -> Estimate:
     r"""Monte Carlo estimate of the functional (Gaussian) cosine, with a standard error.
 
     Draws ``n`` inputs :math:`x\sim\mathcal N(\text{mean},\text{cov})` (or another
@@ -333,9 +396,19 @@ def monte_carlo(a, b, *, n: int = 100_000, distribution="gaussian", mean=None, c
     >>> abs(est.value - tnsim.similarity(f, g)) < 5 * est.stderr
     True
     """
-    r, se = monte_carlo_matrix([a], [b], n=n, distribution=distribution, mean=mean, cov=cov,
-                               centred=centred, outputs=outputs, seed=seed, data=data,
-                               return_stderr=True)
+    r, se = monte_carlo_matrix(
+        [a],
+        [b],
+        n=n,
+        distribution=distribution,
+        mean=mean,
+        cov=cov,
+        centred=centred,
+        outputs=outputs,
+        seed=seed,
+        data=data,
+        return_stderr=True,
+    )
     return Estimate(float(r[0, 0]), float(se[0, 0]), n)
 
 
@@ -363,8 +436,9 @@ def _restrict_last(ws, outputs, include_bias: bool):
     return out
 
 
-def matrix_cosine_matrix(models, models_b=None, *, include_bias: bool = False, outputs=None,
-                         per_matrix: bool = False):
+def matrix_cosine_matrix(
+    models, models_b=None, *, include_bias: bool = False, outputs=None, per_matrix: bool = False
+):
     """Matrix of local (per-weight-matrix) cosines averaged over matrices.
 
     With ``per_matrix=True`` returns ``{parameter name: (N_a, N_b) matrix}`` instead.
@@ -385,9 +459,17 @@ def matrix_cosine_matrix(models, models_b=None, *, include_bias: bool = False, o
                         f"{tuple(w.shape)}, model 0 has {k0} of shape {s0}"
                     )
             if len(p) != len(names):
-                raise ShapeMismatchError(f"model {i} has {len(p)} weight matrices, model 0 {len(names)}")
-        return names, shapes, [torch.stack([p[j][1].reshape(-1) for p in per]).to(torch.float64)
-                               for j in range(len(names))]
+                raise ShapeMismatchError(
+                    f"model {i} has {len(p)} weight matrices, model 0 {len(names)}"
+                )
+        return (
+            names,
+            shapes,
+            [
+                torch.stack([p[j][1].reshape(-1) for p in per]).to(torch.float64)
+                for j in range(len(names))
+            ],
+        )
 
     names_a, shapes_a, wa = flat(ma)
     names_b, shapes_b, wb = (names_a, shapes_a, wa) if models_b is None else flat(mb)
@@ -398,7 +480,9 @@ def matrix_cosine_matrix(models, models_b=None, *, include_bias: bool = False, o
                 f"{sa}, the second {kb} of shape {sb}"
             )
     if len(names_a) != len(names_b):
-        raise ShapeMismatchError(f"the models have {len(names_a)} and {len(names_b)} weight matrices")
+        raise ShapeMismatchError(
+            f"the models have {len(names_a)} and {len(names_b)} weight matrices"
+        )
     mats = {}
     for k, xa, xb in zip(names_a, wa, wb):
         na = xa.norm(dim=1, keepdim=True)
@@ -435,8 +519,9 @@ def matrix_cosine(a, b, *, include_bias: bool = False, outputs=None, per_matrix:
     >>> round(tnsim.similarity(f, g, measure="tensor"), 9), tnsim.baselines.matrix_cosine(f, g) < 0.9
     (1.0, True)
     """
-    res = matrix_cosine_matrix([a], [b], include_bias=include_bias, outputs=outputs,
-                               per_matrix=per_matrix)
+    res = matrix_cosine_matrix(
+        [a], [b], include_bias=include_bias, outputs=outputs, per_matrix=per_matrix
+    )
     if per_matrix:
         return {k: float(v[0, 0]) for k, v in res.items()}
     return float(res[0, 0])
@@ -456,8 +541,10 @@ def _hidden(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> torch
         target, use_input = named[linears[-1]], True
     else:
         if layer not in named:
-            raise ValueError(f"no submodule {layer!r} in {type(model).__name__}: "
-                             f"use one of {', '.join(k for k in named if k)}")
+            raise ValueError(
+                f"no submodule {layer!r} in {type(model).__name__}: "
+                f"use one of {', '.join(k for k in named if k)}"
+            )
         target, use_input = named[layer], False
     seen = []
 
@@ -493,7 +580,7 @@ def cka_matrix(models, models_b=None, *, data=None, layer: str | None = None) ->
             g = h.T @ torch.cat(rest, 1)
             edges = [0, *torch.cumsum(torch.tensor([r.shape[1] for r in rest]), 0).tolist()]
             for j in range(len(rest)):
-                out[i, start + j] = g[:, edges[j]:edges[j + 1]].square().sum()
+                out[i, start + j] = g[:, edges[j] : edges[j + 1]].square().sum()
                 if symmetric:
                     out[start + j, i] = out[i, start + j]
         return out

@@ -50,12 +50,21 @@ def describe(module: torch.nn.Module) -> dict:
     {'type': 'Bilinear', 'd_in': 4, 'd_hidden': 6, 'd_out': 3, 'bias': False, 'residual': False}
     """
     if isinstance(module, Bilinear):
-        return {"type": "Bilinear", "d_in": module.d_in, "d_hidden": module.left.out_features,
-                "d_out": module.d_out, "bias": module.left.bias is not None,
-                "residual": bool(module.residual)}
+        return {
+            "type": "Bilinear",
+            "d_in": module.d_in,
+            "d_hidden": module.left.out_features,
+            "d_out": module.d_out,
+            "bias": module.left.bias is not None,
+            "residual": bool(module.residual),
+        }
     if isinstance(module, torch.nn.Linear):
-        return {"type": "Linear", "d_in": module.in_features, "d_out": module.out_features,
-                "bias": module.bias is not None}
+        return {
+            "type": "Linear",
+            "d_in": module.in_features,
+            "d_out": module.out_features,
+            "bias": module.bias is not None,
+        }
     if isinstance(module, torch.nn.Sequential):
         return {"type": "Sequential", "layers": [describe(m) for m in module]}
     if isinstance(module, (torch.nn.Identity, torch.nn.Dropout)):
@@ -87,8 +96,13 @@ def build(arch: dict, where: str = "model") -> torch.nn.Module:
     if kind == "Bilinear":
         d_in, d_hidden, d_out = ints("d_in", "d_hidden", "d_out")
         try:
-            return Bilinear(d_in, d_hidden, d_out, bias=bool(arch.get("bias", False)),
-                            residual=bool(arch.get("residual", False)))
+            return Bilinear(
+                d_in,
+                d_hidden,
+                d_out,
+                bias=bool(arch.get("bias", False)),
+                residual=bool(arch.get("residual", False)),
+            )
         except ValueError as e:
             raise ValueError(f"{where} (Bilinear): {e}") from None
     if kind == "Sequential":
@@ -98,7 +112,9 @@ def build(arch: dict, where: str = "model") -> torch.nn.Module:
         return torch.nn.Sequential(*[build(a, f"{where}.{i}") for i, a in enumerate(layers)])
     if kind == "Identity":
         return torch.nn.Identity()
-    raise ValueError(f"{where}: unknown layer type {kind!r} (use Linear, Bilinear, Sequential, Identity)")
+    raise ValueError(
+        f"{where}: unknown layer type {kind!r} (use Linear, Bilinear, Sequential, Identity)"
+    )
 
 
 def sidecar(path) -> Path:
@@ -138,15 +154,19 @@ def _read_header(path: Path, embedded: str | None) -> dict | None:
         try:
             return json.loads(embedded)
         except json.JSONDecodeError as e:
-            raise _fail(path, f"corrupt architecture JSON in the safetensors header ({e})") from None
+            raise _fail(
+                path, f"corrupt architecture JSON in the safetensors header ({e})"
+            ) from None
     return None
 
 
 def _header_model(header: dict, source) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise _fail(source, f"not a tnsim checkpoint description (expected \"format\": \"{FORMAT}\")")
+        raise _fail(source, f'not a tnsim checkpoint description (expected "format": "{FORMAT}")')
     if header.get("version") != VERSION:
-        raise _fail(source, f"unsupported checkpoint version {header.get('version')!r} (expected {VERSION})")
+        raise _fail(
+            source, f"unsupported checkpoint version {header.get('version')!r} (expected {VERSION})"
+        )
     return header.get("model")
 
 
@@ -174,19 +194,26 @@ def load_state_dict(path) -> tuple[dict[str, torch.Tensor], dict | None]:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "weights_only" in str(e) or "Unsupported global" in str(e):
                 msg = "contains pickled Python objects, refused (save a state dict of tensors)"
-            raise _fail(path, f"cannot be loaded with torch.load(weights_only=True): {msg}") from None
+            raise _fail(
+                path, f"cannot be loaded with torch.load(weights_only=True): {msg}"
+            ) from None
         if isinstance(obj, dict):
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
                     break
-        if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+        if (
+            not isinstance(obj, dict)
+            or not obj
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
         ):
             raise _fail(path, "is not a state dict (a mapping from parameter names to tensors)")
         return dict(obj), _read_header(path, None)
-    raise _fail(path, f"unknown checkpoint type {path.suffix!r} (use .safetensors, or a torch.save "
-                      f"state dict: {', '.join(STATE_DICT_SUFFIXES)})")
+    raise _fail(
+        path,
+        f"unknown checkpoint type {path.suffix!r} (use .safetensors, or a torch.save "
+        f"state dict: {', '.join(STATE_DICT_SUFFIXES)})",
+    )
 
 
 def infer(tensors: dict[str, torch.Tensor]) -> dict:
@@ -198,14 +225,25 @@ def infer(tensors: dict[str, torch.Tensor]) -> dict:
     """
 
     def node(prefix: str) -> dict:
-        keys = {k[len(prefix):] for k in tensors if k.startswith(prefix)}
+        keys = {k[len(prefix) :] for k in tensors if k.startswith(prefix)}
         if {"left.weight", "right.weight", "down.weight"} <= keys:
             L, D = tensors[prefix + "left.weight"], tensors[prefix + "down.weight"]
-            return {"type": "Bilinear", "d_in": L.shape[1], "d_hidden": L.shape[0],
-                    "d_out": D.shape[0], "bias": "left.bias" in keys, "residual": False}
+            return {
+                "type": "Bilinear",
+                "d_in": L.shape[1],
+                "d_hidden": L.shape[0],
+                "d_out": D.shape[0],
+                "bias": "left.bias" in keys,
+                "residual": False,
+            }
         if "weight" in keys and tensors[prefix + "weight"].dim() == 2:
             w = tensors[prefix + "weight"]
-            return {"type": "Linear", "d_in": w.shape[1], "d_out": w.shape[0], "bias": "bias" in keys}
+            return {
+                "type": "Linear",
+                "d_in": w.shape[1],
+                "d_out": w.shape[0],
+                "bias": "bias" in keys,
+            }
         raise ValueError(f"cannot infer a layer from parameters {sorted(keys)}")
 
     heads = {k.split(".", 1)[0] for k in tensors}
@@ -240,8 +278,11 @@ def load(path) -> torch.nn.Module:
         try:
             model = build(infer(tensors))
         except (ValueError, KeyError) as e:
-            raise _fail(path, f"no architecture JSON ({sidecar(path).name}) and none can be inferred "
-                              f"from the parameters: {e}") from None
+            raise _fail(
+                path,
+                f"no architecture JSON ({sidecar(path).name}) and none can be inferred "
+                f"from the parameters: {e}",
+            ) from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     extra = [k for k in tensors if k not in expected]
@@ -251,12 +292,17 @@ def load(path) -> torch.nn.Module:
             parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
         if extra:
             parts.append(f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}")
-        raise _fail(path, f"tensors do not match the architecture in {source.name}: {'; '.join(parts)}")
+        raise _fail(
+            path, f"tensors do not match the architecture in {source.name}: {'; '.join(parts)}"
+        )
     for k, v in expected.items():
         t = tensors[k]
         if tuple(t.shape) != tuple(v.shape):
-            raise _fail(path, f"tensor {k!r} has shape {tuple(t.shape)} but the architecture in "
-                              f"{source.name} needs {tuple(v.shape)}")
+            raise _fail(
+                path,
+                f"tensor {k!r} has shape {tuple(t.shape)} but the architecture in "
+                f"{source.name} needs {tuple(v.shape)}",
+            )
         if not t.is_floating_point():
             raise _fail(path, f"tensor {k!r} has dtype {t.dtype}, expected floating point")
         if not torch.isfinite(t).all():

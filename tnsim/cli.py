@@ -46,11 +46,15 @@ def _check_compatible(paths, models) -> None:
     first = nets[0]
     for p, n in zip(paths[1:], nets[1:]):
         if n.real_in_shape != first.real_in_shape:
-            raise CliError(f"{p}: takes inputs of shape {n.real_in_shape}, but {paths[0]} takes "
-                           f"{first.real_in_shape}; the models cannot be compared")
+            raise CliError(
+                f"{p}: takes inputs of shape {n.real_in_shape}, but {paths[0]} takes "
+                f"{first.real_in_shape}; the models cannot be compared"
+            )
         if n.real_out_shape != first.real_out_shape:
-            raise CliError(f"{p}: has outputs of shape {n.real_out_shape}, but {paths[0]} has "
-                           f"{first.real_out_shape}; the models cannot be compared")
+            raise CliError(
+                f"{p}: has outputs of shape {n.real_out_shape}, but {paths[0]} has "
+                f"{first.real_out_shape}; the models cannot be compared"
+            )
 
 
 def _data(name: str | None, models):
@@ -83,7 +87,9 @@ def _options(args, models) -> dict:
 
         d = as_network(models[0]).real_in_shape[-1]
         if data.shape[-1] != d:
-            raise CliError(f"--data {args.data} has {data.shape[-1]} features but the checkpoints take {d}")
+            raise CliError(
+                f"--data {args.data} has {data.shape[-1]} features but the checkpoints take {d}"
+            )
     if m == "matrix":
         if args.centred:
             raise CliError("--centred does not apply to the matrix measure")
@@ -108,14 +114,30 @@ def _options(args, models) -> dict:
 
 
 def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
-    p.add_argument("--measure", default="tensor", choices=MEASURES,
-                   help="tensor (default), gaussian, or a baseline: matrix, output, cka, monte_carlo")
-    p.add_argument("--outputs", type=int, nargs="+", metavar="K", help="compare only these outputs (class slice)")
+    p.add_argument(
+        "--measure",
+        default="tensor",
+        choices=MEASURES,
+        help="tensor (default), gaussian, or a baseline: matrix, output, cka, monte_carlo",
+    )
+    p.add_argument(
+        "--outputs",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="compare only these outputs (class slice)",
+    )
     p.add_argument("--centred", action="store_true", help="centred Gaussian / output covariance")
     if method:
-        p.add_argument("--method", choices=("auto", "exact", "recursive"), help="tensor/gaussian method")
-    p.add_argument("--data", help="input data for output/cka: 'digits' (scikit-learn's 8x8 test images)")
-    p.add_argument("--distribution", help="input distribution for output/monte_carlo (default gaussian)")
+        p.add_argument(
+            "--method", choices=("auto", "exact", "recursive"), help="tensor/gaussian method"
+        )
+    p.add_argument(
+        "--data", help="input data for output/cka: 'digits' (scikit-learn's 8x8 test images)"
+    )
+    p.add_argument(
+        "--distribution", help="input distribution for output/monte_carlo (default gaussian)"
+    )
     p.add_argument("--samples", type=int, default=100_000, help="samples for output/monte_carlo")
 
 
@@ -123,13 +145,27 @@ def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
 
 
 def _summary_table(rows) -> str:
-    head = ("metric", "contrast (whole clean)", "contrast (late clean)", "flagged class", "margin", "flags 9")
+    head = (
+        "metric",
+        "contrast (whole clean)",
+        "contrast (late clean)",
+        "flagged class",
+        "margin",
+        "flags 9",
+    )
     body = []
     for r in rows:
         margin = r["margin"]
-        body.append((r["metric"], f"{r['delta_whole_clean']:.3f} ± {r['delta_whole_clean_sd']:.3f}",
-                     f"{r['delta_late_clean']:.3f} ± {r['delta_late_clean_sd']:.3f}", str(r["flagged"]),
-                     "—" if margin != margin else f"{margin:.2f}", str(r["flags_9"])))
+        body.append(
+            (
+                r["metric"],
+                f"{r['delta_whole_clean']:.3f} ± {r['delta_whole_clean_sd']:.3f}",
+                f"{r['delta_late_clean']:.3f} ± {r['delta_late_clean_sd']:.3f}",
+                str(r["flagged"]),
+                "—" if margin != margin else f"{margin:.2f}",
+                str(r["flags_9"]),
+            )
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
@@ -140,16 +176,27 @@ def cmd_demo(args) -> int:
 
     mode = "quick" if args.quick else "demo"
     out = Path(args.out)
-    print(f"tnsim demo: a bilinear digit classifier is trained clean, then fine-tuned with 10% of its "
-          f"training images carrying a 2x2 trigger patch relabelled 9. Which metrics see it?\n"
-          f"(writing figures and numbers to {out}/)", flush=True)
+    print(
+        f"tnsim demo: a bilinear digit classifier is trained clean, then fine-tuned with 10% of its "
+        f"training images carrying a 2x2 trigger patch relabelled 9. Which metrics see it?\n"
+        f"(writing figures and numbers to {out}/)",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    res = backdoor.run(out, mode=mode, progress=not args.no_progress, threads=args.threads,
-                       command="tnsim demo" + (" --quick" if args.quick else ""), log=lambda s: None)
+    res = backdoor.run(
+        out,
+        mode=mode,
+        progress=not args.no_progress,
+        threads=args.threads,
+        command="tnsim demo" + (" --quick" if args.quick else ""),
+        log=lambda s: None,
+    )
     dt = time.perf_counter() - t0
     print()
-    print("Contrast of the post-poison block of checkpoints (mean ± sd over seeds); 'flagged class' = the "
-          "class slice that changes most, found without knowing the trigger:")
+    print(
+        "Contrast of the post-poison block of checkpoints (mean ± sd over seeds); 'flagged class' = the "
+        "class slice that changes most, found without knowing the trigger:"
+    )
     print(_summary_table(res["rows"]))
     print(f"\nfinished in {dt:.0f} s; report: {out / 'report.md'}; figures: {out}/*.png")
     return 0
@@ -164,13 +211,22 @@ def cmd_experiment(args) -> int:
             print(f"{n:14s} {doc}")
         return 0
     if args.name not in experiments.NAMES:
-        raise CliError(f"unknown experiment {args.name!r}: use one of {', '.join(experiments.NAMES)}")
+        raise CliError(
+            f"unknown experiment {args.name!r}: use one of {', '.join(experiments.NAMES)}"
+        )
     mode = "quick" if args.quick else "full"
     out = Path(args.out or f"tnsim-out/{args.name}")
     command = f"tnsim experiment {args.name}" + (" --quick" if args.quick else "")
     t0 = time.perf_counter()
-    experiments.run(args.name, out, mode=mode, progress=not args.no_progress, threads=args.threads,
-                    command=command, seeds=args.seeds)
+    experiments.run(
+        args.name,
+        out,
+        mode=mode,
+        progress=not args.no_progress,
+        threads=args.threads,
+        command=command,
+        seeds=args.seeds,
+    )
     print(f"{args.name} ({mode}) finished in {time.perf_counter() - t0:.0f} s: {out / 'report.md'}")
     return 0
 
@@ -182,12 +238,21 @@ def _similarity(models, args):
     a, b = models
     if args.measure in ("tensor", "gaussian"):
         c = compare(a, b, measure=args.measure, **opts)
-        return {"similarity": c.value, "measure": c.measure, "method": c.method,
-                "contractions": c.cost.contractions, "flops": c.cost.flops}
+        return {
+            "similarity": c.value,
+            "measure": c.measure,
+            "method": c.method,
+            "contractions": c.cost.contractions,
+            "flops": c.cost.flops,
+        }
     if args.measure == "monte_carlo":
         e = baselines.monte_carlo(a, b, **opts)
         return {"similarity": e.value, "stderr": e.stderr, "samples": e.n, "measure": "monte_carlo"}
-    fn = {"matrix": baselines.matrix_cosine, "output": baselines.output_cosine, "cka": baselines.cka}[args.measure]
+    fn = {
+        "matrix": baselines.matrix_cosine,
+        "output": baselines.output_cosine,
+        "cka": baselines.cka,
+    }[args.measure]
     if args.measure == "cka":
         return {"similarity": fn(a, b, opts["data"]), "measure": "cka"}
     return {"similarity": fn(a, b, **opts), "measure": args.measure}
@@ -200,8 +265,11 @@ def cmd_compare(args) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in res.items() if k != "similarity")
+        extra = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in res.items()
+            if k != "similarity"
+        )
         print(f"{res['similarity']:.6f}  ({extra})")
     return 0
 
@@ -235,7 +303,7 @@ def cmd_matrix(args) -> int:
     if not args.csv or args.print:
         w = max(len(n) for n in names)
         print(" " * w + "  " + " ".join(f"{i:>7d}" for i in range(len(names))))
-        for i, (n, row) in enumerate(zip(names, m.tolist())):
+        for n, row in zip(names, m.tolist()):
             print(f"{n:>{w}s}  " + " ".join(f"{v:7.4f}" for v in row))
     return 0
 
@@ -253,15 +321,20 @@ def cmd_cost(args) -> int:
     if args.centred:
         kw["centred"] = True
     c = cost(*models, **kw)
-    print(f"method {c.method}, measure {c.measure}: {c.contractions} contraction(s), {c.flops:.3g} flops, "
-          f"largest intermediate {c.largest_intermediate:.3g} elements "
-          f"({c.largest_intermediate_bytes / 2**20:.3g} MiB), width {c.width:.1f}")
+    print(
+        f"method {c.method}, measure {c.measure}: {c.contractions} contraction(s), {c.flops:.3g} flops, "
+        f"largest intermediate {c.largest_intermediate:.3g} elements "
+        f"({c.largest_intermediate_bytes / 2**20:.3g} MiB), width {c.width:.1f}"
+    )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tnsim", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tnsim",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="backdoor experiment at demo size: summary table + figures")

@@ -86,7 +86,9 @@ def add_trigger(x: torch.Tensor, pixels=TRIGGER_PIXELS, value: float = 1.0) -> t
     return out
 
 
-def poison(data: Dataset, fraction: float = 0.1, target: int = 9, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
+def poison(
+    data: Dataset, fraction: float = 0.1, target: int = 9, seed: int = 0
+) -> tuple[Dataset, torch.Tensor]:
     """Replace a ``fraction`` of the non-target images by triggered copies labelled ``target``.
 
     Returns the poisoned data set and the boolean mask of poisoned examples.
@@ -103,7 +105,9 @@ def poison(data: Dataset, fraction: float = 0.1, target: int = 9, seed: int = 0)
     return Dataset(x, y), mask
 
 
-def modular_addition(p: int, train_fraction: float = 0.4, seed: int = 0, dtype=torch.float32) -> Split:
+def modular_addition(
+    p: int, train_fraction: float = 0.4, seed: int = 0, dtype=torch.float32
+) -> Split:
     r"""All :math:`P^2` pairs :math:`(a, b)`, one-hot encoded as :math:`e_a\oplus e_b`, label
     :math:`(a+b) \bmod P`; a random ``train_fraction`` of the pairs is the training set.
 
@@ -145,8 +149,14 @@ STUDENT_DOF = 5.0  #: degrees of freedom of ``student_t`` (finite fourth moment:
 DATA_NOISE = 0.5  #: standard deviation of the noise added under ``data_noise``
 
 
-def sample(name: str, n: int, d: int, generator: torch.Generator, data: torch.Tensor | None = None,
-           dtype=torch.float32) -> torch.Tensor:
+def sample(
+    name: str,
+    n: int,
+    d: int,
+    generator: torch.Generator,
+    data: torch.Tensor | None = None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     r"""``n`` samples of dimension ``d`` from a named distribution.
 
     ==================  ====================================================================
@@ -179,7 +189,9 @@ def sample(name: str, n: int, d: int, generator: torch.Generator, data: torch.Te
     if name == "student_t":
         nu = STUDENT_DOF
         z = torch.randn(n, d, **kw)
-        chi2 = 2 * torch._standard_gamma(torch.full((n, d), nu / 2, dtype=torch.float64), generator=generator)
+        chi2 = 2 * torch._standard_gamma(
+            torch.full((n, d), nu / 2, dtype=torch.float64), generator=generator
+        )
         return (z * torch.sqrt(nu / chi2).to(dtype)) * ((nu - 2) / nu) ** 0.5
     if name == "rademacher":
         return torch.randint(0, 2, (n, d), generator=generator).to(dtype) * 2 - 1
@@ -200,7 +212,9 @@ def sample(name: str, n: int, d: int, generator: torch.Generator, data: torch.Te
     raise ValueError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")
 
 
-def moments(name: str, d: int, data: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def moments(
+    name: str, d: int, data: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance (float64) of a named distribution (exact, or of ``data``)."""
     eye = torch.eye(d, dtype=torch.float64)
     if name in ("gaussian", "uniform", "laplace", "student_t", "rademacher", "sparse"):

@@ -27,7 +27,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["heatmap", "heatmaps", "reference_lines", "slice_panels", "curves", "bars", "save", "figure"]
+__all__ = [
+    "heatmap",
+    "heatmaps",
+    "reference_lines",
+    "slice_panels",
+    "curves",
+    "bars",
+    "save",
+    "figure",
+]
 
 Phase = tuple  # (label, start, stop)
 
@@ -52,7 +61,11 @@ CLIP = 5.0  #: colour scales start at this percentile of the off-diagonal values
 
 
 def _limits(m: np.ndarray) -> tuple[float, float]:
-    off = m[~np.eye(*m.shape, dtype=bool)] if m.shape[0] == m.shape[1] and m.shape[0] > 1 else m.ravel()
+    off = (
+        m[~np.eye(*m.shape, dtype=bool)]
+        if m.shape[0] == m.shape[1] and m.shape[0] > 1
+        else m.ravel()
+    )
     off = off[np.isfinite(off)]
     if off.size == 0:
         return 0.0, 1.0
@@ -80,15 +93,26 @@ def _phase_axes(ax, phases, n: int, axis: str = "both", label_size: float = 7.0)
             ax.axhline(b, color="white", lw=1.0)
             ax.axhline(b, color="black", lw=0.4, ls=":")
     if axis in ("both", "x"):
-        ax.set_xticks(centres, labels, rotation=rot, ha="right" if rot else "center", fontsize=label_size)
+        ax.set_xticks(
+            centres, labels, rotation=rot, ha="right" if rot else "center", fontsize=label_size
+        )
     if axis in ("both", "y"):
         ax.set_yticks(centres, labels, fontsize=label_size)
     ax.tick_params(length=0)
 
 
-def heatmap(ax, matrix, *, phases: Sequence[Phase] | None = None, title: str | None = None,
-            vmin: float | None = None, vmax: float | None = None, cmap: str = CMAP,
-            colorbar: bool = True, cbar_label: str = "similarity"):
+def heatmap(
+    ax,
+    matrix,
+    *,
+    phases: Sequence[Phase] | None = None,
+    title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = CMAP,
+    colorbar: bool = True,
+    cbar_label: str = "similarity",
+):
     """Draw one checkpoint × checkpoint matrix on ``ax`` (rows and columns = checkpoints).
 
     The colour scale spans the off-diagonal values from their 5th percentile (lower values, e.g.
@@ -109,20 +133,30 @@ def heatmap(ax, matrix, *, phases: Sequence[Phase] | None = None, title: str | N
         ax.tick_params(labelsize=7)
     if colorbar:
         clipped = bool(np.nanmin(m) < lo)
-        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="min" if clipped else "neither")
+        cb = ax.figure.colorbar(
+            im, ax=ax, fraction=0.046, pad=0.03, extend="min" if clipped else "neither"
+        )
         cb.ax.tick_params(labelsize=7)
         cb.set_label(cbar_label, fontsize=7)
     return im
 
 
-def heatmaps(matrices: Mapping[str, object], *, phases: Sequence[Phase] | None = None,
-             title: str | None = None, ncols: int | None = None, panel: float = 3.2,
-             caption: str | None = None):
+def heatmaps(
+    matrices: Mapping[str, object],
+    *,
+    phases: Sequence[Phase] | None = None,
+    title: str | None = None,
+    ncols: int | None = None,
+    panel: float = 3.2,
+    caption: str | None = None,
+):
     """Several metrics' matrices side by side, one colour bar each (their scales differ)."""
     n = len(matrices)
     ncols = ncols or min(n, 4)
     nrows = -(-n // ncols)
-    fig = figure(panel * ncols + 0.6, panel * nrows + (0.5 if title else 0.2) + (0.3 if caption else 0))
+    fig = figure(
+        panel * ncols + 0.6, panel * nrows + (0.5 if title else 0.2) + (0.3 if caption else 0)
+    )
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, (name, m) in zip(axes, matrices.items()):
         heatmap(ax, m, phases=phases, title=name)
@@ -146,14 +180,32 @@ def _shade(ax, phases, xs: np.ndarray | None = None, log: bool = False) -> None:
             hi = xs[stop - 1] if stop >= len(xs) else mid(xs[stop - 1], xs[stop])
         ax.axvspan(lo, hi, color=PHASE_COLOURS[i % 2], zorder=0)
         centre = np.sqrt(lo * hi) if log and lo > 0 else (lo + hi) / 2
-        ax.text(centre, 1.0, label, transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=7, rotation=0 if len(phases) < 6 else 30)
+        ax.text(
+            centre,
+            1.0,
+            label,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=0 if len(phases) < 6 else 30,
+        )
 
 
-def curves(series: Mapping[str, object], *, phases: Sequence[Phase] | None = None, x=None,
-           title: str | None = None, ylabel: str = "", xlabel: str = "checkpoint",
-           ylim: tuple[float, float] | None = None, ax=None, width: float = 6.0, height: float = 3.0,
-           logx: bool = False):
+def curves(
+    series: Mapping[str, object],
+    *,
+    phases: Sequence[Phase] | None = None,
+    x=None,
+    title: str | None = None,
+    ylabel: str = "",
+    xlabel: str = "checkpoint",
+    ylim: tuple[float, float] | None = None,
+    ax=None,
+    width: float = 6.0,
+    height: float = 3.0,
+    logx: bool = False,
+):
     """Line plot of several series over checkpoints (or over ``x``, e.g. training steps), phases
     shaded and labelled on top."""
     fig = None
@@ -178,21 +230,40 @@ def curves(series: Mapping[str, object], *, phases: Sequence[Phase] | None = Non
     return fig if fig is not None else ax.figure
 
 
-def reference_lines(matrices: Mapping[str, object], reference: int, *,
-                    phases: Sequence[Phase] | None = None, title: str | None = None,
-                    width: float = 6.0, height: float = 3.0):
+def reference_lines(
+    matrices: Mapping[str, object],
+    reference: int,
+    *,
+    phases: Sequence[Phase] | None = None,
+    title: str | None = None,
+    width: float = 6.0,
+    height: float = 3.0,
+):
     """Similarity of every checkpoint to checkpoint ``reference``, one line per metric."""
     series = {name: _np(m)[reference] for name, m in matrices.items()}
-    fig = curves(series, phases=phases, ylabel=f"similarity to checkpoint {reference}",
-                 title=title or f"similarity to checkpoint {reference}", width=width, height=height)
+    fig = curves(
+        series,
+        phases=phases,
+        ylabel=f"similarity to checkpoint {reference}",
+        title=title or f"similarity to checkpoint {reference}",
+        width=width,
+        height=height,
+    )
     ax = fig.axes[0]
     ax.axvline(reference, color="black", lw=0.8, ls="--")
     return fig
 
 
-def slice_panels(slices: Mapping[str, object], *, phases: Sequence[Phase] | None = None,
-                 title: str | None = None, highlight: str | None = None, ncols: int = 5,
-                 panel: float = 2.2, note: Mapping[str, str] | None = None):
+def slice_panels(
+    slices: Mapping[str, object],
+    *,
+    phases: Sequence[Phase] | None = None,
+    title: str | None = None,
+    highlight: str | None = None,
+    ncols: int = 5,
+    panel: float = 2.2,
+    note: Mapping[str, str] | None = None,
+):
     """Per-class slice matrices in a grid on one shared colour scale; ``highlight`` is framed.
 
     ``note`` maps a panel name to a short text shown under its title (e.g. its contrast).
@@ -225,7 +296,9 @@ def slice_panels(slices: Mapping[str, object], *, phases: Sequence[Phase] | None
         ax.set_visible(False)
     if im is not None:
         clipped = any(float(np.nanmin(m)) < lo for m in arrays.values())
-        cb = fig.colorbar(im, ax=list(axes[:n]), fraction=0.02, pad=0.02, extend="min" if clipped else "neither")
+        cb = fig.colorbar(
+            im, ax=list(axes[:n]), fraction=0.02, pad=0.02, extend="min" if clipped else "neither"
+        )
         cb.ax.tick_params(labelsize=7)
         cb.set_label("similarity", fontsize=7)
     if title:
@@ -233,8 +306,15 @@ def slice_panels(slices: Mapping[str, object], *, phases: Sequence[Phase] | None
     return fig
 
 
-def bars(groups: Mapping[str, Mapping[str, float]], *, title: str | None = None, ylabel: str = "",
-         highlight: str | None = None, width: float = 7.0, height: float = 3.0):
+def bars(
+    groups: Mapping[str, Mapping[str, float]],
+    *,
+    title: str | None = None,
+    ylabel: str = "",
+    highlight: str | None = None,
+    width: float = 7.0,
+    height: float = 3.0,
+):
     """Grouped bars: ``groups[series][category] = value`` (e.g. metric -> class -> contrast)."""
     fig = figure(width, height)
     ax = fig.subplots()

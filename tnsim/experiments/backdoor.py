@@ -15,7 +15,10 @@ Measures (stated in the report): *tensor* = cosine of the symmetrised tensors; f
 bias-free one-layer model it equals the *centred* isotropic Gaussian similarity exactly
 (:math:`\mathrm{Cov}(f_a, f_b) = 2\langle\mathrm{Sym}\,T_a,\mathrm{Sym}\,T_b\rangle`; the run
 checks it), so the *Gaussian* panel shows the raw second moment under :math:`\mathcal N(0,I)`,
-which adds :math:`\sum_o \mathrm{tr}\,T_{a,o}\,\mathrm{tr}\,T_{b,o}`.
+which adds :math:`\sum_o \mathrm{tr}\,T_{a,o}\,\mathrm{tr}\,T_{b,o}`. A third tnsim measure,
+the exact Gaussian similarity under the clean training data's mean and covariance, shows what a
+weight-based metric sees when it is told the data distribution. Baselines: matrix cosine, output
+cosine and linear CKA on the clean test images.
 
 Contrast of the poisoned block against a clean reference block (see
 :func:`~tnsim.experiments.common.contrast`), measured twice: against the whole clean block, and
@@ -40,15 +43,50 @@ from . import common as C
 NAME = "backdoor"
 TARGET = 9
 #: what a saved trajectory depends on besides the mode settings (part of its cache key)
-IDENTITY = {"experiment": NAME, "target": TARGET, "trigger": list(D.TRIGGER_PIXELS), "model": "Bilinear(64, h, 10)"}
+IDENTITY = {
+    "experiment": NAME,
+    "target": TARGET,
+    "trigger": list(D.TRIGGER_PIXELS),
+    "model": "Bilinear(64, h, 10)",
+}
 
 MODES = {
-    "quick": dict(seeds=[0], hidden=16, clean_steps=300, poison_steps=300, every=20, batch=64,
-                  lr=5e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=2_000),
-    "demo": dict(seeds=[0, 1, 2, 3, 4, 5], hidden=48, clean_steps=2000, poison_steps=2000, every=50, batch=128,
-                 lr=3e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=20_000),
-    "full": dict(seeds=list(range(10)), hidden=64, clean_steps=3000, poison_steps=3000, every=100,
-                 batch=128, lr=3e-3, weight_decay=0.05, poison_fraction=0.1, mc_samples=100_000),
+    "quick": dict(
+        seeds=[0],
+        hidden=16,
+        clean_steps=300,
+        poison_steps=300,
+        every=20,
+        batch=64,
+        lr=5e-3,
+        weight_decay=0.05,
+        poison_fraction=0.1,
+        mc_samples=2_000,
+    ),
+    "demo": dict(
+        seeds=[0, 1, 2, 3, 4, 5],
+        hidden=48,
+        clean_steps=2000,
+        poison_steps=2000,
+        every=50,
+        batch=128,
+        lr=3e-3,
+        weight_decay=0.05,
+        poison_fraction=0.1,
+        mc_samples=20_000,
+    ),
+    "full": dict(
+        seeds=list(range(10)),
+        hidden=64,
+        clean_steps=3000,
+        poison_steps=3000,
+        every=100,
+        batch=128,
+        lr=3e-3,
+        weight_decay=0.05,
+        poison_fraction=0.1,
+        mc_samples=100_000,
+    ),
 }
 
 
@@ -57,8 +95,11 @@ def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[C.Metric]:
     return [
         C.Metric("tensor", "tensor"),
         C.Metric("Gaussian N(0,I)", "gaussian"),
-        C.Metric("Gaussian N(μ,Σ) of clean data", "gaussian",
-                 {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)}),
+        C.Metric(
+            "Gaussian N(μ,Σ) of clean data",
+            "gaussian",
+            {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)},
+        ),
         C.Metric("matrix cosine", "matrix"),
         C.Metric("output cosine (clean test)", "output", {"data": test_x}),
         C.Metric("linear CKA (clean test)", "cka", {"data": test_x}, slices=False),
@@ -73,13 +114,31 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
     triggered = D.Dataset(D.add_trigger(others.x), torch.full_like(others.y, TARGET))
 
     def evaluate(m):
-        return {"clean_accuracy": C.accuracy(m, split.test), "attack_success": C.accuracy(m, triggered),
-                "train_accuracy": C.accuracy(m, split.train)}
+        return {
+            "clean_accuracy": C.accuracy(m, split.test),
+            "attack_success": C.accuracy(m, triggered),
+            "train_accuracy": C.accuracy(m, split.train),
+        }
 
-    t = C.Trainer(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed,
-                  batch_size=cfg["batch"], evaluate=evaluate, progress=progress)
-    t.stage("clean", split.train, cfg["clean_steps"], cfg["every"], desc=f"seed {seed}: clean training")
-    t.stage("poisoned", poisoned, cfg["poison_steps"], cfg["every"], desc=f"seed {seed}: poisoned fine-tune")
+    t = C.Trainer(
+        model,
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        seed=seed,
+        batch_size=cfg["batch"],
+        evaluate=evaluate,
+        progress=progress,
+    )
+    t.stage(
+        "clean", split.train, cfg["clean_steps"], cfg["every"], desc=f"seed {seed}: clean training"
+    )
+    t.stage(
+        "poisoned",
+        poisoned,
+        cfg["poison_steps"],
+        cfg["every"],
+        desc=f"seed {seed}: poisoned fine-tune",
+    )
     return t.traj
 
 
@@ -87,15 +146,19 @@ def analyse(traj: C.Trajectory, mets: list[C.Metric], progress: bool, seed: int)
     """Matrices, block contrasts and per-class flags of one run."""
     models = traj.models
     clean, post = traj.indices("clean"), traj.indices("poisoned")
-    late = clean[len(clean) // 2:]
+    late = clean[len(clean) // 2 :]
     mats = C.matrices(mets, models, progress=progress, desc=f"seed {seed}: similarity matrices")
     out = {"matrices": mats, "contrast": {}, "class_contrast": {}, "flag": {}, "slices": {}}
     for m in mets:
-        out["contrast"][m.label] = {"whole clean": C.contrast(mats[m.label], clean, post),
-                                    "late clean": C.contrast(mats[m.label], late, post)}
+        out["contrast"][m.label] = {
+            "whole clean": C.contrast(mats[m.label], clean, post),
+            "late clean": C.contrast(mats[m.label], late, post),
+        }
         if not m.slices:
             continue
-        sl = C.slices(m, models, range(10), progress=progress, desc=f"seed {seed}: {m.label} class slices")
+        sl = C.slices(
+            m, models, range(10), progress=progress, desc=f"seed {seed}: {m.label} class slices"
+        )
         deltas = {k: C.contrast(s, late, post)["delta"] for k, s in sl.items()}
         out["class_contrast"][m.label] = deltas
         out["flag"][m.label] = C.flag(deltas)
@@ -118,14 +181,27 @@ def mc_check(models, n: int, progress: bool) -> dict:
     off = ~torch.eye(len(models), dtype=torch.bool)
     err = (mc - exact).abs()[off]
     z = ((mc - exact).abs() / se.clamp(min=1e-300))[off]
-    return {"samples": n, "exact_seconds": t1 - t0, "mc_seconds": t2 - t1,
-            "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
-            "mean_stderr": float(se[off].mean()), "max_error_in_stderrs": float(z.max()),
-            "fraction_within_3_stderr": float((z < 3).double().mean())}
+    return {
+        "samples": n,
+        "exact_seconds": t1 - t0,
+        "mc_seconds": t2 - t1,
+        "max_abs_error": float(err.max()),
+        "mean_abs_error": float(err.mean()),
+        "mean_stderr": float(se[off].mean()),
+        "max_error_in_stderrs": float(z.max()),
+        "fraction_within_3_stderr": float((z < 3).double().mean()),
+    }
 
 
-def run(out, mode: str = "full", progress: bool = True, log=print, threads: int | None = 1,
-        command: str | None = None, seeds=None) -> dict:
+def run(
+    out,
+    mode: str = "full",
+    progress: bool = True,
+    log=print,
+    threads: int | None = 1,
+    command: str | None = None,
+    seeds=None,
+) -> dict:
     """Run the experiment, write figures, numbers and a report to ``out``; return the summary."""
     cfg = dict(MODES[mode])
     if seeds is not None:
@@ -137,31 +213,46 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
         runs = {}
         for seed in cfg["seeds"]:
             run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-            traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
-                            lambda: train(seed, cfg, split, progress), log=log)
+            traj = C.cached(
+                res.folder / "checkpoints" / f"seed{seed}",
+                run_cfg,
+                lambda seed=seed: train(seed, cfg, split, progress),
+                log=log,
+            )
             runs[seed] = (traj, analyse(traj, mets, progress, seed))
         traj0, an0 = runs[cfg["seeds"][0]]
         check = C.metric_matrix("gaussian", traj0.models, centred=True)
         identity = float((check - an0["matrices"]["tensor"]).abs().max())
         mc = mc_check(traj0.models, cfg["mc_samples"], progress)
     summary = summarise(runs, mets)
-    res.results.update(summary=summary["rows"], per_seed=summary["per_seed"],
-                       class_nine=summary["class_nine"],
-                       tensor_equals_centred_gaussian_max_abs_diff=identity, monte_carlo_check=mc,
-                       records={s: r[0].records for s, r in runs.items()},
-                       phases={s: r[0].phase_list for s, r in runs.items()})
-    res.matrices = {f"seed{s}": {**{k: v for k, v in a["matrices"].items()},
-                                 **{f"{lab} class {k}": m for lab, sl in a["slices"].items()
-                                    for k, m in sl.items()}}
-                    for s, (_, a) in runs.items()}
+    res.results.update(
+        summary=summary["rows"],
+        per_seed=summary["per_seed"],
+        class_nine=summary["class_nine"],
+        tensor_equals_centred_gaussian_max_abs_diff=identity,
+        monte_carlo_check=mc,
+        records={s: r[0].records for s, r in runs.items()},
+        phases={s: r[0].phase_list for s, r in runs.items()},
+    )
+    res.matrices = {
+        f"seed{s}": {
+            **{k: v for k, v in a["matrices"].items()},
+            **{f"{lab} class {k}": m for lab, sl in a["slices"].items() for k, m in sl.items()},
+        }
+        for s, (_, a) in runs.items()
+    }
     res.table("summary.csv", summary["rows"])
     res.table("per_seed.csv", summary["per_seed"])
     figures(res, traj0, an0, mets, cfg["seeds"][0])
     report = report_md(summary, identity, mc, traj0, cfg)
     res.finish(report)
     log(f"wrote {res.folder}/report.md")
-    return {"rows": summary["rows"], "folder": str(res.folder), "class_nine": summary["class_nine"],
-            "per_seed": summary["per_seed"]}
+    return {
+        "rows": summary["rows"],
+        "folder": str(res.folder),
+        "class_nine": summary["class_nine"],
+        "per_seed": summary["per_seed"],
+    }
 
 
 def summarise(runs: dict, mets: list[C.Metric]) -> dict:
@@ -175,33 +266,57 @@ def summarise(runs: dict, mets: list[C.Metric]) -> dict:
     for m in mets:
         for s in seeds:
             a = runs[s][1]
-            r = {"metric": m.label, "seed": s,
-                 "delta_whole_clean": a["contrast"][m.label]["whole clean"]["delta"],
-                 "delta_late_clean": a["contrast"][m.label]["late clean"]["delta"],
-                 "separation_late_clean": a["contrast"][m.label]["late clean"]["separation"]}
+            r = {
+                "metric": m.label,
+                "seed": s,
+                "delta_whole_clean": a["contrast"][m.label]["whole clean"]["delta"],
+                "delta_late_clean": a["contrast"][m.label]["late clean"]["delta"],
+                "separation_late_clean": a["contrast"][m.label]["late clean"]["separation"],
+            }
             if m.slices:
                 f = a["flag"][m.label]
                 r.update(flagged=f["flagged"], margin=f["margin"], clear=f["clear"])
             per_seed.append(r)
         mine = [r for r in per_seed if r["metric"] == m.label]
-        dw, dl = ms([r["delta_whole_clean"] for r in mine]), ms([r["delta_late_clean"] for r in mine])
+        dw, dl = (
+            ms([r["delta_whole_clean"] for r in mine]),
+            ms([r["delta_late_clean"] for r in mine]),
+        )
         sep = ms([r["separation_late_clean"] for r in mine])
-        row = {"metric": m.label, "delta_whole_clean": dw[0], "delta_whole_clean_sd": dw[1],
-               "delta_late_clean": dl[0], "delta_late_clean_sd": dl[1], "separation_late_clean": sep[0]}
+        row = {
+            "metric": m.label,
+            "delta_whole_clean": dw[0],
+            "delta_whole_clean_sd": dw[1],
+            "delta_late_clean": dl[0],
+            "delta_late_clean_sd": dl[1],
+            "separation_late_clean": sep[0],
+        }
         if m.slices:
             flagged = [r["flagged"] for r in mine]
             hits = sum(1 for r in mine if r["flagged"] == TARGET and r["clear"])
-            row.update(flagged=max(set(flagged), key=flagged.count),
-                       margin=st.mean(r["margin"] for r in mine),
-                       flags_9=f"{hits}/{len(mine)}")
+            row.update(
+                flagged=max(set(flagged), key=flagged.count),
+                margin=st.mean(r["margin"] for r in mine),
+                flags_9=f"{hits}/{len(mine)}",
+            )
             d9 = [runs[s][1]["class_contrast"][m.label][TARGET] for s in seeds]
-            do = [st.mean(v for k, v in runs[s][1]["class_contrast"][m.label].items() if k != TARGET)
-                  for s in seeds]
-            dmax = [max(v for k, v in runs[s][1]["class_contrast"][m.label].items() if k != TARGET)
-                    for s in seeds]
-            nine.append({"metric": m.label, "class_9_delta": st.mean(d9),
-                         "other_classes_mean_delta": st.mean(do), "other_classes_max_delta": st.mean(dmax),
-                         "ratio_9_to_max_other": st.mean(a / b for a, b in zip(d9, dmax))})
+            do = [
+                st.mean(v for k, v in runs[s][1]["class_contrast"][m.label].items() if k != TARGET)
+                for s in seeds
+            ]
+            dmax = [
+                max(v for k, v in runs[s][1]["class_contrast"][m.label].items() if k != TARGET)
+                for s in seeds
+            ]
+            nine.append(
+                {
+                    "metric": m.label,
+                    "class_9_delta": st.mean(d9),
+                    "other_classes_mean_delta": st.mean(do),
+                    "other_classes_max_delta": st.mean(dmax),
+                    "ratio_9_to_max_other": st.mean(a / b for a, b in zip(d9, dmax)),
+                }
+            )
         else:
             row.update(flagged="n/a", margin=float("nan"), flags_9="n/a")
         rows.append(row)
@@ -212,38 +327,70 @@ def figures(res: C.Output, traj: C.Trajectory, an: dict, mets: list[C.Metric], s
     from .. import plot
 
     phases = traj.phase_list
-    fig = plot.curves({"clean test accuracy": traj.column("clean_accuracy"),
-                       "trigger success (non-9 test images → 9)": traj.column("attack_success")},
-                      phases=phases, ylim=(-0.02, 1.02), ylabel="fraction",
-                      title=f"Backdoor training (seed {seed}): clean accuracy stays, the trigger takes")
+    fig = plot.curves(
+        {
+            "clean test accuracy": traj.column("clean_accuracy"),
+            "trigger success (non-9 test images → 9)": traj.column("attack_success"),
+        },
+        phases=phases,
+        ylim=(-0.02, 1.02),
+        ylabel="fraction",
+        title=f"Backdoor training (seed {seed}): clean accuracy stays, the trigger takes",
+    )
     res.figure(fig, "training.png", "Clean test accuracy and trigger success rate per checkpoint.")
-    fig = plot.heatmaps(an["matrices"], phases=phases, ncols=3, panel=3.2,
-                        title=f"Checkpoint × checkpoint similarity, clean training then poisoned fine-tune (seed {seed})")
-    res.figure(fig, "heatmaps.png", "Similarity matrices of every metric (own colour scale each; "
-                                    "diagonal excluded from the scale).")
+    fig = plot.heatmaps(
+        an["matrices"],
+        phases=phases,
+        ncols=3,
+        panel=3.2,
+        title=f"Checkpoint × checkpoint similarity, clean training then poisoned fine-tune (seed {seed})",
+    )
+    res.figure(
+        fig,
+        "heatmaps.png",
+        "Similarity matrices of every metric (own colour scale each; "
+        "diagonal excluded from the scale).",
+    )
     ref = phases[0][2] - 1
-    fig = plot.reference_lines(an["matrices"], ref, phases=phases,
-                               title=f"Similarity to the last clean checkpoint ({ref})")
+    fig = plot.reference_lines(
+        an["matrices"], ref, phases=phases, title=f"Similarity to the last clean checkpoint ({ref})"
+    )
     res.figure(fig, "reference.png", "Similarity of every checkpoint to the last clean checkpoint.")
     tensor_flag = an["flag"]["tensor"]
     notes = {f"class {k}": f"Δ={v:.3f}" for k, v in an["class_contrast"]["tensor"].items()}
-    fig = plot.slice_panels({f"class {k}": m for k, m in an["slices"]["tensor"].items()}, phases=phases,
-                            highlight=f"class {tensor_flag['flagged']}", note=notes,
-                            title="Tensor similarity per class slice (outputs=[k]); Δ = contrast of "
-                                  "poisoned vs late clean block")
-    res.figure(fig, "slices_tensor.png", "Per-class tensor-similarity slices; the flagged class is "
-                                         "framed (largest contrast, found without the trigger).")
+    fig = plot.slice_panels(
+        {f"class {k}": m for k, m in an["slices"]["tensor"].items()},
+        phases=phases,
+        highlight=f"class {tensor_flag['flagged']}",
+        note=notes,
+        title="Tensor similarity per class slice (outputs=[k]); Δ = contrast of "
+        "poisoned vs late clean block",
+    )
+    res.figure(
+        fig,
+        "slices_tensor.png",
+        "Per-class tensor-similarity slices; the flagged class is "
+        "framed (largest contrast, found without the trigger).",
+    )
     groups = {}
     for m in mets:
         if m.slices:
             d = an["class_contrast"][m.label]
             top = max(d.values()) or 1.0
             groups[m.label] = {str(k): v / top for k, v in d.items()}
-    fig = plot.bars(groups, highlight=str(TARGET), ylabel="Δ_k / max_k Δ_k",
-                    title="Per-class slice contrast (poisoned vs late clean), normalised per metric")
-    res.figure(fig, "class_contrasts.png", "Per-class contrasts of each metric, scaled so that each "
-                                           "metric's largest is 1: a metric flags class 9 cleanly when "
-                                           "bar 9 is 1 and the others are well below.")
+    fig = plot.bars(
+        groups,
+        highlight=str(TARGET),
+        ylabel="Δ_k / max_k Δ_k",
+        title="Per-class slice contrast (poisoned vs late clean), normalised per metric",
+    )
+    res.figure(
+        fig,
+        "class_contrasts.png",
+        "Per-class contrasts of each metric, scaled so that each "
+        "metric's largest is 1: a metric flags class 9 cleanly when "
+        "bar 9 is 1 and the others are well below.",
+    )
 
 
 def report_md(summary: dict, identity: float, mc: dict, traj: C.Trajectory, cfg: dict) -> str:
@@ -262,9 +409,20 @@ def report_md(summary: dict, identity: float, mc: dict, traj: C.Trajectory, cfg:
         f"Contrast Δ of the poisoned block (mean ± sd over {n} seed{'s' if n > 1 else ''}); "
         "`flags_9` counts seeds whose largest class-slice contrast is class 9 with margin ≥ 1.5:",
         "",
-        C.markdown_table(summary["rows"], ["metric", "delta_whole_clean", "delta_whole_clean_sd",
-                                           "delta_late_clean", "delta_late_clean_sd",
-                                           "separation_late_clean", "flagged", "margin", "flags_9"]),
+        C.markdown_table(
+            summary["rows"],
+            [
+                "metric",
+                "delta_whole_clean",
+                "delta_whole_clean_sd",
+                "delta_late_clean",
+                "delta_late_clean_sd",
+                "separation_late_clean",
+                "flagged",
+                "margin",
+                "flags_9",
+            ],
+        ),
         "",
         "Class-9 slice against the other classes' slices (contrast vs late clean, mean over seeds):",
         "",

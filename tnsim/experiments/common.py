@@ -49,12 +49,22 @@ def threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def bar(iterable=None, *, total=None, desc: str | None = None, enabled: bool = True, unit: str = "it"):
+def bar(
+    iterable=None, *, total=None, desc: str | None = None, enabled: bool = True, unit: str = "it"
+):
     """A tqdm progress bar on stderr (silent when ``enabled`` is false)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr,
-                dynamic_ncols=True, unit=unit)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        disable=not enabled,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        unit=unit,
+    )
 
 
 def config_hash(config: Mapping) -> str:
@@ -101,8 +111,12 @@ class Trajectory:
         folder.mkdir(parents=True, exist_ok=True)
         for i, (m, r) in enumerate(zip(self.models, self.records)):
             checkpoints.save(m, folder / f"ckpt_{i:03d}.safetensors", meta=r)
-        (folder / "trajectory.json").write_text(json.dumps(
-            {"config": config_hash(config), "records": self.records, "phases": self.phases}, indent=1))
+        (folder / "trajectory.json").write_text(
+            json.dumps(
+                {"config": config_hash(config), "records": self.records, "phases": self.phases},
+                indent=1,
+            )
+        )
 
     @classmethod
     def load(cls, folder: Path, config: Mapping) -> "Trajectory | None":
@@ -117,8 +131,10 @@ class Trajectory:
             info = json.loads(index.read_text())
             if info.get("config") != config_hash(config):
                 return None
-            models = [checkpoints.load(folder / f"ckpt_{i:03d}.safetensors")
-                      for i in range(len(info["records"]))]
+            models = [
+                checkpoints.load(folder / f"ckpt_{i:03d}.safetensors")
+                for i in range(len(info["records"]))
+            ]
         except (OSError, ValueError, KeyError, CheckpointError):
             return None
         return cls(models, info["records"], [list(p) for p in info["phases"]])
@@ -142,11 +158,22 @@ class Trainer:
     stage boundary is the training data.
     """
 
-    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, seed: int,
-                 batch_size: int | None, evaluate: Callable[[torch.nn.Module], dict],
-                 progress: bool = True, betas=(0.9, 0.999)):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        seed: int,
+        batch_size: int | None,
+        evaluate: Callable[[torch.nn.Module], dict],
+        progress: bool = True,
+        betas=(0.9, 0.999),
+    ):
         self.model = model
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas
+        )
         self.gen = torch.Generator().manual_seed(seed)
         self.batch_size = batch_size
         self.evaluate = evaluate
@@ -185,7 +212,9 @@ class Trainer:
 
 def accuracy(model: torch.nn.Module, data: Dataset) -> float:
     with torch.no_grad():
-        return float((model(data.x).argmax(1) == data.y).float().mean()) if len(data) else float("nan")
+        return (
+            float((model(data.x).argmax(1) == data.y).float().mean()) if len(data) else float("nan")
+        )
 
 
 # --- similarity matrices ---------------------------------------------------------------------
@@ -219,8 +248,14 @@ class Metric:
         return metric_matrix(self.measure, models, outputs=outputs, **self.options)
 
 
-def matrices(metrics: Sequence[Metric], models, *, progress: bool = True, desc: str = "similarity",
-             outputs=None) -> dict[str, torch.Tensor]:
+def matrices(
+    metrics: Sequence[Metric],
+    models,
+    *,
+    progress: bool = True,
+    desc: str = "similarity",
+    outputs=None,
+) -> dict[str, torch.Tensor]:
     """The matrix of every metric (a progress bar over metrics)."""
     out = {}
     for m in bar(metrics, desc=desc, enabled=progress, unit="matrix"):
@@ -228,12 +263,20 @@ def matrices(metrics: Sequence[Metric], models, *, progress: bool = True, desc: 
     return out
 
 
-def slices(metric: Metric, models, classes: Iterable[int], *, progress: bool = True,
-           desc: str | None = None) -> dict[int, torch.Tensor]:
+def slices(
+    metric: Metric,
+    models,
+    classes: Iterable[int],
+    *,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[int, torch.Tensor]:
     """Per-class slice matrices of one metric (``outputs=[k]`` for each class ``k``)."""
     classes = list(classes)
-    return {k: metric.matrix(models, outputs=[k])
-            for k in bar(classes, desc=desc or f"{metric.label} slices", enabled=progress, unit="class")}
+    return {
+        k: metric.matrix(models, outputs=[k])
+        for k in bar(classes, desc=desc or f"{metric.label} slices", enabled=progress, unit="class")
+    }
 
 
 # --- block statistics ------------------------------------------------------------------------
@@ -260,7 +303,13 @@ def contrast(m: torch.Tensor, ref: Sequence[int], post: Sequence[int]) -> dict[s
     w_r, w_p, x = block_mean(m, ref, ref), block_mean(m, post, post), block_mean(m, ref, post)
     within = 0.5 * (w_r + w_p)
     sep = (1 - x) / (1 - within) if 1 - within > 1e-12 else float("inf")
-    return {"within_ref": w_r, "within_post": w_p, "cross": x, "delta": within - x, "separation": sep}
+    return {
+        "within_ref": w_r,
+        "within_post": w_p,
+        "cross": x,
+        "delta": within - x,
+        "separation": sep,
+    }
 
 
 def flag(values: Mapping, ratio: float = 1.5) -> dict:
@@ -308,7 +357,9 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+def markdown_table(
+    rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3
+) -> str:
     columns = list(columns or rows[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
@@ -327,7 +378,9 @@ class Output:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name, self.mode, self.config = name, mode, dict(config)
-        self.command = command or f"tnsim experiment {name}" + (" --quick" if mode == "quick" else "")
+        self.command = command or f"tnsim experiment {name}" + (
+            " --quick" if mode == "quick" else ""
+        )
         self.results: dict = {}
         self.matrices: dict = {}
         self.figures: list[tuple[str, str]] = []
@@ -357,17 +410,23 @@ class Output:
         self.results["wall_seconds"] = seconds
         self.results["config"] = self.config
         self.results["mode"] = self.mode
-        self.results["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
-                                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+        self.results["environment"] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        }
         (self.folder / "results.json").write_text(json.dumps(_jsonable(self.results), indent=1))
         (self.folder / "matrices.json").write_text(json.dumps(_jsonable(self.matrices)))
         figs = "\n\n".join(f"![{cap}]({fn})\n\n*{cap}*" for fn, cap in self.figures)
         cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
-        text = (f"# Experiment: {self.name} ({self.mode} mode)\n\n"
-                f"Command: `{self.command}`  \nWall time: {seconds:.0f} s  \nSettings: {cfg}\n\n"
-                f"{summary_md.strip()}\n\n## Figures\n\n{figs}\n\n"
-                "Every number is in `results.json` (scalars, tables, per-checkpoint records) and "
-                "`matrices.json` (similarity matrices); tables also as CSV.\n")
+        text = (
+            f"# Experiment: {self.name} ({self.mode} mode)\n\n"
+            f"Command: `{self.command}`  \nWall time: {seconds:.0f} s  \nSettings: {cfg}\n\n"
+            f"{summary_md.strip()}\n\n## Figures\n\n{figs}\n\n"
+            "Every number is in `results.json` (scalars, tables, per-checkpoint records) and "
+            "`matrices.json` (similarity matrices); tables also as CSV.\n"
+        )
         path = self.folder / "report.md"
         path.write_text(text)
         return path

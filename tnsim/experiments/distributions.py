@@ -35,13 +35,34 @@ from . import common as C
 NAME = "distributions"
 DIM, CLASSES = 16, 4
 #: what a saved trajectory depends on besides the mode settings (part of its cache key)
-IDENTITY = {"experiment": NAME, "distributions": list(D.DISTRIBUTIONS), "dim": DIM, "classes": CLASSES}
+IDENTITY = {
+    "experiment": NAME,
+    "distributions": list(D.DISTRIBUTIONS),
+    "dim": DIM,
+    "classes": CLASSES,
+}
 
 MODES = {
-    "quick": dict(seeds=[0, 1], hidden=32, steps=[30, 100, 400], batch=252, lr=1e-2,
-                  samples=3_000, teacher_hidden=8, teacher_bias_scale=1.0),
-    "full": dict(seeds=[0, 1, 2, 3, 4, 5], hidden=32, steps=[25, 50, 100, 200, 400, 800, 1600, 3200],
-                 batch=504, lr=1e-2, samples=50_000, teacher_hidden=8, teacher_bias_scale=1.0),
+    "quick": dict(
+        seeds=[0, 1],
+        hidden=32,
+        steps=[30, 100, 400],
+        batch=252,
+        lr=1e-2,
+        samples=3_000,
+        teacher_hidden=8,
+        teacher_bias_scale=1.0,
+    ),
+    "full": dict(
+        seeds=[0, 1, 2, 3, 4, 5],
+        hidden=32,
+        steps=[25, 50, 100, 200, 400, 800, 1600, 3200],
+        batch=504,
+        lr=1e-2,
+        samples=50_000,
+        teacher_hidden=8,
+        teacher_bias_scale=1.0,
+    ),
 }
 
 
@@ -90,8 +111,9 @@ def centring(c: int = CLASSES) -> torch.Tensor:
     return torch.eye(c, dtype=torch.float64) - 1.0 / c
 
 
-def train(seed: int, cfg: dict, teach: Bilinear, pca: torch.Tensor, progress: bool,
-          bias: bool = True) -> C.Trajectory:
+def train(
+    seed: int, cfg: dict, teach: Bilinear, pca: torch.Tensor, progress: bool, bias: bool = True
+) -> C.Trajectory:
     torch.manual_seed(seed)
     model = Bilinear(DIM, cfg["hidden"], CLASSES, bias=bias)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
@@ -100,14 +122,18 @@ def train(seed: int, cfg: dict, teach: Bilinear, pca: torch.Tensor, progress: bo
     traj = C.Trajectory()
     traj.begin("training")
     marks = set(cfg["steps"])
-    for step in C.bar(range(1, max(marks) + 1), desc=f"seed {seed}: student", enabled=progress, unit="step"):
+    for step in C.bar(
+        range(1, max(marks) + 1), desc=f"seed {seed}: student", enabled=progress, unit="step"
+    ):
         x = mixture(per, g, pca)
         with torch.no_grad():
             y = teach(x).argmax(1)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)  # heavy-tailed inputs: rare huge steps
+        torch.nn.utils.clip_grad_norm_(
+            model.parameters(), 5.0
+        )  # heavy-tailed inputs: rare huge steps
         opt.step()
         if step in marks:
             traj.add(model, step=step, seed=seed)
@@ -129,8 +155,15 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return pearson(rank(x), rank(y))
 
 
-def run(out, mode: str = "full", progress: bool = True, log=print, threads: int | None = 1,
-        command: str | None = None, seeds=None) -> dict:
+def run(
+    out,
+    mode: str = "full",
+    progress: bool = True,
+    log=print,
+    threads: int | None = 1,
+    command: str | None = None,
+    seeds=None,
+) -> dict:
     from .. import baselines, similarity_matrix
 
     cfg = dict(MODES[mode])
@@ -143,36 +176,52 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
     with C.threads(threads):
         # control: a bias-free (even) student, trained the same way, cannot learn the odd part
         even_cfg = {**cfg, "seeds": None, "seed": 0, "even": True, **IDENTITY}
-        even = C.cached(res.folder / "checkpoints" / "even", even_cfg,
-                        lambda: train(0, cfg, teach, pca, progress, bias=False), log=log).models[-1]
+        even = C.cached(
+            res.folder / "checkpoints" / "even",
+            even_cfg,
+            lambda: train(0, cfg, teach, pca, progress, bias=False),
+            log=log,
+        ).models[-1]
         models, labels = [], []
         for seed in cfg["seeds"]:
             run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-            traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
-                            lambda: train(seed, cfg, teach, pca, progress), log=log)
+            traj = C.cached(
+                res.folder / "checkpoints" / f"seed{seed}",
+                run_cfg,
+                lambda seed=seed: train(seed, cfg, teach, pca, progress),
+                log=log,
+            )
             models += traj.models
             labels += [f"s{r['seed']}@{r['step']}" for r in traj.records]
         n = len(models)
         iu = torch.triu_indices(n, n, 1)
         pairs = lambda m: m[iu[0], iu[1]]  # noqa: E731
         # the trained subset: checkpoints from the second half of training (similar, subtle pairs)
-        late_steps = set(cfg["steps"][len(cfg["steps"]) // 2:])
+        late_steps = set(cfg["steps"][len(cfg["steps"]) // 2 :])
         late = torch.tensor([int(lab.split("@")[1]) in late_steps for lab in labels])
         trained = late[iu[0]] & late[iu[1]]
-        weight = {"tensor": similarity_matrix(models, measure="tensor", outputs=proj),
-                  "Gaussian N(0,I)": similarity_matrix(models, measure="gaussian", outputs=proj)}
+        weight = {
+            "tensor": similarity_matrix(models, measure="tensor", outputs=proj),
+            "Gaussian N(0,I)": similarity_matrix(models, measure="gaussian", outputs=proj),
+        }
         rows, acc_rows, mats = [], [], dict(weight)
         for name in C.bar(D.DISTRIBUTIONS, desc="distributions", enabled=progress, unit="dist"):
-            behaviour = baselines.output_cosine_matrix(models, distribution=name, n=cfg["samples"],
-                                                       seed=7, data=pca, outputs=proj)
+            behaviour = baselines.output_cosine_matrix(
+                models, distribution=name, n=cfg["samples"], seed=7, data=pca, outputs=proj
+            )
             mean, cov = D.moments(name, DIM, pca)
-            matched = similarity_matrix(models, measure="gaussian", mean=mean, cov=cov, outputs=proj)
+            matched = similarity_matrix(
+                models, measure="gaussian", mean=mean, cov=cov, outputs=proj
+            )
             mats[f"output cosine [{name}]"] = behaviour
             mats[f"Gaussian matched [{name}]"] = matched
             b = pairs(behaviour)
             row = {"distribution": name}
-            for label, m in (("tensor", weight["tensor"]), ("gaussian", weight["Gaussian N(0,I)"]),
-                             ("matched", matched)):
+            for label, m in (
+                ("tensor", weight["tensor"]),
+                ("gaussian", weight["Gaussian N(0,I)"]),
+                ("matched", matched),
+            ):
                 row[f"pearson_{label}"] = pearson(pairs(m), b)
                 row[f"spearman_{label}"] = spearman(pairs(m), b)
                 row[f"spearman_{label}_trained"] = spearman(pairs(m)[trained], b[trained])
@@ -190,11 +239,22 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
             row["accuracy_even_control"] = even_acc
             row["majority_rate"] = majority
             rows.append(row)
-            acc_rows.append({"distribution": name, "majority_rate": majority,
-                             **{lab: a for lab, a in zip(labels, accs)}})
+            acc_rows.append(
+                {
+                    "distribution": name,
+                    "majority_rate": majority,
+                    **{lab: a for lab, a in zip(labels, accs)},
+                }
+            )
     share = odd_share(teach)
-    res.results.update(correlations=rows, accuracies=acc_rows, models=labels, pairs=len(iu[0]),
-                       trained_pairs=int(trained.sum()), teacher_odd_share=share)
+    res.results.update(
+        correlations=rows,
+        accuracies=acc_rows,
+        models=labels,
+        pairs=len(iu[0]),
+        trained_pairs=int(trained.sum()),
+        teacher_odd_share=share,
+    )
     res.matrices = mats
     res.table("correlations.csv", rows)
     res.table("accuracies.csv", acc_rows)
@@ -212,51 +272,90 @@ def figures(res: C.Output, rows: list[dict], mats: dict, pairs) -> None:
     t = pairs(mats["tensor"]).numpy()
     for ax, row in zip(axes, rows):
         name = row["distribution"]
-        ax.scatter(t, pairs(mats[f"output cosine [{name}]"]).numpy(), s=4, alpha=0.5, label="tensor")
-        ax.scatter(pairs(mats[f"Gaussian matched [{name}]"]).numpy(),
-                   pairs(mats[f"output cosine [{name}]"]).numpy(), s=4, alpha=0.5, label="matched Gaussian")
+        ax.scatter(
+            t, pairs(mats[f"output cosine [{name}]"]).numpy(), s=4, alpha=0.5, label="tensor"
+        )
+        ax.scatter(
+            pairs(mats[f"Gaussian matched [{name}]"]).numpy(),
+            pairs(mats[f"output cosine [{name}]"]).numpy(),
+            s=4,
+            alpha=0.5,
+            label="matched Gaussian",
+        )
         lo = min(t.min(), float(pairs(mats[f"output cosine [{name}]"]).min()))
         ax.plot([lo, 1], [lo, 1], color="black", lw=0.6, ls="--")
-        ax.set_title(f"{name}: ρ_tensor={row['spearman_tensor']:.2f}, ρ_matched={row['spearman_matched']:.2f}\n"
-                     f"student accuracy {row['accuracy_final']:.2f} (majority {row['majority_rate']:.2f})",
-                     fontsize=8)
+        ax.set_title(
+            f"{name}: ρ_tensor={row['spearman_tensor']:.2f}, ρ_matched={row['spearman_matched']:.2f}\n"
+            f"student accuracy {row['accuracy_final']:.2f} (majority {row['majority_rate']:.2f})",
+            fontsize=8,
+        )
         ax.tick_params(labelsize=7)
         ax.set_xlabel("weight-based similarity", fontsize=7)
         ax.set_ylabel("output cosine", fontsize=7)
     axes[0].legend(fontsize=7, markerscale=3)
-    fig.suptitle("Weight-based similarity (x) vs empirical output cosine (y) over all model pairs", fontsize=10)
+    fig.suptitle(
+        "Weight-based similarity (x) vs empirical output cosine (y) over all model pairs",
+        fontsize=10,
+    )
     res.figure(fig, "scatter.png", "Each point is a pair of students; ρ = Spearman correlation.")
-    groups = {lab: {r["distribution"]: r[f"spearman_{key}"] for r in rows}
-              for lab, key in (("tensor", "tensor"), ("Gaussian N(0,I)", "gaussian"),
-                               ("Gaussian, matched moments", "matched"))}
-    fig = plot.bars(groups, ylabel="Spearman ρ with output cosine", width=9,
-                    title="Does the weight-based similarity rank pairs like their behaviour does?")
-    res.figure(fig, "correlations.png", "Spearman correlation with the output cosine, per distribution.")
+    groups = {
+        lab: {r["distribution"]: r[f"spearman_{key}"] for r in rows}
+        for lab, key in (
+            ("tensor", "tensor"),
+            ("Gaussian N(0,I)", "gaussian"),
+            ("Gaussian, matched moments", "matched"),
+        )
+    }
+    fig = plot.bars(
+        groups,
+        ylabel="Spearman ρ with output cosine",
+        width=9,
+        title="Does the weight-based similarity rank pairs like their behaviour does?",
+    )
+    res.figure(
+        fig, "correlations.png", "Spearman correlation with the output cosine, per distribution."
+    )
 
 
 def report_md(rows: list[dict], cfg: dict, n: int, npairs: int, ntrained: int, share: float) -> str:
-    cols = ["distribution", "spearman_tensor", "pearson_tensor", "spearman_gaussian", "spearman_matched",
-            "pearson_matched", "mean_abs_diff_matched", "accuracy_final", "accuracy_even_control",
-            "majority_rate"]
-    cols2 = ["distribution", "spearman_tensor_trained", "spearman_gaussian_trained", "spearman_matched_trained"]
-    return "\n".join([
-        "## Result",
-        "",
-        f"The teacher's odd part carries {100 * share:.0f}% of the variance of its (class-centred) logits "
-        "under N(0, I); `accuracy_even_control` is a bias-free (even) student trained the same way.",
-        "",
-        f"{n} students ({len(cfg['seeds'])} seeds × checkpoints at steps {cfg['steps']}), {npairs} pairs; "
-        f"behaviour = output cosine on {cfg['samples']} samples of each distribution. `accuracy_final` "
-        "is the mean agreement of the fully trained students with the teacher under that distribution.",
-        "",
-        C.markdown_table(rows, cols),
-        "",
-        f"The same correlations over the {ntrained} pairs of trained students only (checkpoints from the "
-        "second half of training, whose similarities are all high and differ subtly):",
-        "",
-        C.markdown_table(rows, cols2),
-        "",
-        "`matched` = tnsim's exact Gaussian similarity with the distribution's mean and covariance; "
-        "`mean_abs_diff_matched` = its mean absolute difference from the output cosine over pairs "
-        "(zero up to sampling error for Gaussian distributions, since it is then the same quantity).",
-    ])
+    cols = [
+        "distribution",
+        "spearman_tensor",
+        "pearson_tensor",
+        "spearman_gaussian",
+        "spearman_matched",
+        "pearson_matched",
+        "mean_abs_diff_matched",
+        "accuracy_final",
+        "accuracy_even_control",
+        "majority_rate",
+    ]
+    cols2 = [
+        "distribution",
+        "spearman_tensor_trained",
+        "spearman_gaussian_trained",
+        "spearman_matched_trained",
+    ]
+    return "\n".join(
+        [
+            "## Result",
+            "",
+            f"The teacher's odd part carries {100 * share:.0f}% of the variance of its (class-centred) logits "
+            "under N(0, I); `accuracy_even_control` is a bias-free (even) student trained the same way.",
+            "",
+            f"{n} students ({len(cfg['seeds'])} seeds × checkpoints at steps {cfg['steps']}), {npairs} pairs; "
+            f"behaviour = output cosine on {cfg['samples']} samples of each distribution. `accuracy_final` "
+            "is the mean agreement of the fully trained students with the teacher under that distribution.",
+            "",
+            C.markdown_table(rows, cols),
+            "",
+            f"The same correlations over the {ntrained} pairs of trained students only (checkpoints from the "
+            "second half of training, whose similarities are all high and differ subtly):",
+            "",
+            C.markdown_table(rows, cols2),
+            "",
+            "`matched` = tnsim's exact Gaussian similarity with the distribution's mean and covariance; "
+            "`mean_abs_diff_matched` = its mean absolute difference from the output cosine over pairs "
+            "(zero up to sampling error for Gaussian distributions, since it is then the same quantity).",
+        ]
+    )

@@ -32,10 +32,28 @@ NAME = "grokking"
 IDENTITY = {"experiment": NAME, "model": "Bilinear(2P, h, P)"}
 
 MODES = {
-    "quick": dict(seeds=[0], p=23, hidden=64, train_fraction=0.5, steps=2000, checkpoints=30, lr=5e-3,
-                  weight_decay=1.0, cka_samples=500),
-    "full": dict(seeds=[0], p=113, hidden=128, train_fraction=0.3, steps=3000, checkpoints=50, lr=3e-3,
-                 weight_decay=1.0, cka_samples=1000),
+    "quick": dict(
+        seeds=[0],
+        p=23,
+        hidden=64,
+        train_fraction=0.5,
+        steps=2000,
+        checkpoints=30,
+        lr=5e-3,
+        weight_decay=1.0,
+        cka_samples=500,
+    ),
+    "full": dict(
+        seeds=[0],
+        p=113,
+        hidden=128,
+        train_fraction=0.3,
+        steps=3000,
+        checkpoints=50,
+        lr=3e-3,
+        weight_decay=1.0,
+        cka_samples=1000,
+    ),
 }
 
 
@@ -62,10 +80,21 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
     model = Bilinear(2 * p, cfg["hidden"], p)
 
     def evaluate(m):
-        return {"train_accuracy": C.accuracy(m, split.train), "test_accuracy": C.accuracy(m, split.test)}
+        return {
+            "train_accuracy": C.accuracy(m, split.train),
+            "test_accuracy": C.accuracy(m, split.test),
+        }
 
-    t = C.Trainer(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed, batch_size=None,
-                  evaluate=evaluate, progress=progress, betas=(0.9, 0.98))
+    t = C.Trainer(
+        model,
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        seed=seed,
+        batch_size=None,
+        evaluate=evaluate,
+        progress=progress,
+        betas=(0.9, 0.98),
+    )
     at = C.log_steps(10, cfg["steps"], cfg["checkpoints"])  # log-spaced: memorisation is fast
     t.stage("training", split.train, cfg["steps"], at, desc=f"seed {seed}: mod-{p} addition")
     return t.traj
@@ -92,8 +121,15 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((rx @ ry) / (rx.norm() * ry.norm()))
 
 
-def run(out, mode: str = "full", progress: bool = True, log=print, threads: int | None = 1,
-        command: str | None = None, seeds=None) -> dict:
+def run(
+    out,
+    mode: str = "full",
+    progress: bool = True,
+    log=print,
+    threads: int | None = 1,
+    command: str | None = None,
+    seeds=None,
+) -> dict:
     cfg = dict(MODES[mode])
     if seeds is not None:
         cfg["seeds"] = list(seeds)
@@ -113,8 +149,12 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
     seed = cfg["seeds"][0]
     with C.threads(threads):
         run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-        traj = C.cached(res.folder / "checkpoints" / f"seed{seed}", run_cfg,
-                        lambda: train(seed, cfg, split, progress), log=log)
+        traj = C.cached(
+            res.folder / "checkpoints" / f"seed{seed}",
+            run_cfg,
+            lambda seed=seed: train(seed, cfg, split, progress),
+            log=log,
+        )
         mats = C.matrices(mets, traj.models, progress=progress, desc="similarity matrices")
     spec = [spectra(m, p) for m in traj.models]
     s_in = torch.stack([s[0] for s in spec])
@@ -125,12 +165,18 @@ def run(out, mode: str = "full", progress: bool = True, log=print, threads: int 
     phases = phases_from(traj.records)
     traj.phases = [list(ph) for ph in phases]
     summary = summarise(traj, mats, freq_cos, s_in, s_out, phases)
-    res.results.update(summary=summary, records=traj.records, phases=phases,
-                       spectrum_in=s_in, spectrum_out=s_out)
+    res.results.update(
+        summary=summary, records=traj.records, phases=phases, spectrum_in=s_in, spectrum_out=s_out
+    )
     res.matrices = {**mats, "frequency cosine": freq_cos}
     res.table("metrics.csv", summary["metrics"])
-    res.table("checkpoints.csv", [{**r, "n_key_frequencies": n, "key_frequencies": " ".join(map(str, k))}
-                                  for r, n, k in zip(traj.records, summary["n_key"], summary["keys"])])
+    res.table(
+        "checkpoints.csv",
+        [
+            {**r, "n_key_frequencies": n, "key_frequencies": " ".join(map(str, k))}
+            for r, n, k in zip(traj.records, summary["n_key"], summary["keys"])
+        ],
+    )
     figures(res, traj, mats, freq_cos, s_in, phases, p)
     res.finish(report_md(summary, cfg, traj, phases))
     log(f"wrote {res.folder}/report.md")
@@ -146,59 +192,112 @@ def summarise(traj, mats, freq_cos, s_in, s_out, phases) -> dict:
     blocks = {ph[0]: list(range(ph[1], ph[2])) for ph in phases}
     rows = []
     for label, m in [*mats.items(), ("frequency-spectrum cosine", freq_cos)]:
-        row = {"metric": label, "spearman_vs_frequency_cosine": spearman(m[off], freq_cos[off]),
-               "first_vs_last": float(m[0, -1])}
+        row = {
+            "metric": label,
+            "spearman_vs_frequency_cosine": spearman(m[off], freq_cos[off]),
+            "first_vs_last": float(m[0, -1]),
+        }
         if "memorised" in blocks and "generalised" in blocks:
             c = C.contrast(m, blocks["memorised"], blocks["generalised"])
             row.update(delta_memorised_generalised=c["delta"], separation=c["separation"])
         rows.append(row)
-    out = {"metrics": rows, "keys": keys, "n_key": n_key, "final_key_in": keys[-1],
-           "final_key_out": key_frequencies(s_out[-1]),
-           "memorised_step": rec[phases[names.index("memorised")][1]]["step"] if "memorised" in names else None,
-           "generalised_step": rec[phases[names.index("generalised")][1]]["step"] if "generalised" in names else None,
-           "final_train_accuracy": rec[-1]["train_accuracy"], "final_test_accuracy": rec[-1]["test_accuracy"]}
+    out = {
+        "metrics": rows,
+        "keys": keys,
+        "n_key": n_key,
+        "final_key_in": keys[-1],
+        "final_key_out": key_frequencies(s_out[-1]),
+        "memorised_step": rec[phases[names.index("memorised")][1]]["step"]
+        if "memorised" in names
+        else None,
+        "generalised_step": rec[phases[names.index("generalised")][1]]["step"]
+        if "generalised" in names
+        else None,
+        "final_train_accuracy": rec[-1]["train_accuracy"],
+        "final_test_accuracy": rec[-1]["test_accuracy"],
+    }
     if "memorised" in names:
         out["n_key_at_memorisation"] = n_key[phases[names.index("memorised")][1]]
     out["n_key_final"] = n_key[-1]
     out["share_of_power_in_final_keys"] = float(s_in[-1][[k - 1 for k in keys[-1]]].sum())
-    out["key_frequency_overlap_in_out"] = sorted(set(out["final_key_in"]) & set(out["final_key_out"]))
+    out["key_frequency_overlap_in_out"] = sorted(
+        set(out["final_key_in"]) & set(out["final_key_out"])
+    )
     return out
 
 
 def figures(res, traj, mats, freq_cos, s_in, phases, p) -> None:
     from .. import plot
 
-    fig = plot.curves({"train accuracy": traj.column("train_accuracy"),
-                       "test accuracy": traj.column("test_accuracy")},
-                      x=traj.column("step"), xlabel="training step (log scale)", ylim=(-0.02, 1.02),
-                      ylabel="accuracy", logx=True, phases=phases,
-                      title=f"Grokking (a + b mod {p}): memorisation, then generalisation")
+    fig = plot.curves(
+        {
+            "train accuracy": traj.column("train_accuracy"),
+            "test accuracy": traj.column("test_accuracy"),
+        },
+        x=traj.column("step"),
+        xlabel="training step (log scale)",
+        ylim=(-0.02, 1.02),
+        ylabel="accuracy",
+        logx=True,
+        phases=phases,
+        title=f"Grokking (a + b mod {p}): memorisation, then generalisation",
+    )
     res.figure(fig, "training.png", "Train and test accuracy over training steps.")
-    fig = plot.heatmaps({**mats, "frequency-spectrum cosine": freq_cos}, phases=phases, ncols=3,
-                        panel=3.4, title=f"Checkpoint × checkpoint similarity during grokking (P = {p})")
-    res.figure(fig, "heatmaps.png", "Similarity matrices of every metric and the cosine between the "
-                                    "checkpoints' Fourier spectra (own colour scale each).")
+    fig = plot.heatmaps(
+        {**mats, "frequency-spectrum cosine": freq_cos},
+        phases=phases,
+        ncols=3,
+        panel=3.4,
+        title=f"Checkpoint × checkpoint similarity during grokking (P = {p})",
+    )
+    res.figure(
+        fig,
+        "heatmaps.png",
+        "Similarity matrices of every metric and the cosine between the "
+        "checkpoints' Fourier spectra (own colour scale each).",
+    )
     fig = plot.figure(7.5, 3.2)
     ax = fig.subplots()
-    im = ax.imshow(s_in.T.numpy(), aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    im = ax.imshow(
+        s_in.T.numpy(), aspect="auto", origin="lower", cmap="magma", interpolation="nearest"
+    )
     ax.set_xlabel("checkpoint (log-spaced steps)", fontsize=8)
     ax.set_ylabel("frequency k", fontsize=8)
-    ax.set_title("Fourier power of the input weights per frequency (normalised per checkpoint)", fontsize=9)
+    ax.set_title(
+        "Fourier power of the input weights per frequency (normalised per checkpoint)", fontsize=9
+    )
     for _, start, _ in phases[1:]:
         ax.axvline(start - 0.5, color="white", lw=0.8, ls="--")
     for name, start, stop in phases:
-        ax.text((start + stop - 1) / 2, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=7)
-    ax.set_yticks(range(0, s_in.shape[1], max(1, s_in.shape[1] // 8)),
-                  [str(k + 1) for k in range(0, s_in.shape[1], max(1, s_in.shape[1] // 8))], fontsize=7)
+        ax.text(
+            (start + stop - 1) / 2,
+            1.01,
+            name,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_yticks(
+        range(0, s_in.shape[1], max(1, s_in.shape[1] // 8)),
+        [str(k + 1) for k in range(0, s_in.shape[1], max(1, s_in.shape[1] // 8))],
+        fontsize=7,
+    )
     ax.tick_params(labelsize=7)
     cb = fig.colorbar(im, ax=ax)
     cb.ax.tick_params(labelsize=7)
     cb.set_label("share of power", fontsize=7)
-    res.figure(fig, "frequencies.png", "Which Fourier frequencies the weights use, per checkpoint "
-                                       "(computed from L and R alone).")
-    fig = plot.reference_lines(mats, len(traj.models) - 1, phases=phases,
-                               title="Similarity to the final (generalising) checkpoint")
+    res.figure(
+        fig,
+        "frequencies.png",
+        "Which Fourier frequencies the weights use, per checkpoint (computed from L and R alone).",
+    )
+    fig = plot.reference_lines(
+        mats,
+        len(traj.models) - 1,
+        phases=phases,
+        title="Similarity to the final (generalising) checkpoint",
+    )
     res.figure(fig, "reference.png", "Similarity of every checkpoint to the final checkpoint.")
 
 
