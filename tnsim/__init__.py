@@ -5,6 +5,7 @@ let cotengra plan the contraction and torch run it.
 """
 
 from . import errors, nn
+from . import baselines, checkpoints, data, plot  # plot imports matplotlib lazily
 from .api import (
     EXACT_BUDGET_CONTRACTIONS,
     EXACT_BUDGET_FLOPS,
@@ -38,6 +39,10 @@ __version__ = "0.1.0"
 __all__ = [
     "nn",
     "errors",
+    "baselines",
+    "checkpoints",
+    "data",
+    "plot",
     "compile",
     "register",
     "inner",

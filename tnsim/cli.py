@@ -1,52 +1,397 @@
-"""Command line: ``tnsim demo`` (more commands arrive with the research workflows)."""
+"""Command line: ``tnsim demo | experiment | compare | matrix | cost``.
+
+* ``tnsim demo`` — the backdoor experiment at demo size (a few minutes on 2 CPU cores): a summary
+  table on stdout, figures and numbers in ``./tnsim-demo/``;
+* ``tnsim experiment NAME [--quick] [--out DIR]`` — one of the paper's experiments
+  (``backdoor``, ``forgetting``, ``grokking``, ``distributions``; ``list`` lists them);
+* ``tnsim compare A B`` — similarity of two saved checkpoints;
+* ``tnsim matrix CKPT...`` — the similarity matrix of many checkpoints (CSV and/or heat-map);
+* ``tnsim cost A B`` — what ``compare`` would cost, without running it.
+
+Checkpoints are tnsim checkpoints (``.safetensors`` plus the architecture JSON written by
+:func:`tnsim.checkpoints.save`) or ``torch.save`` state dicts (loaded with
+``weights_only=True``). A missing, corrupt or mismatched file ends the command with one line on
+stderr naming the file and the problem, and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+MEASURES = ("tensor", "gaussian", "matrix", "output", "cka", "monte_carlo")
 
 
-def _demo(args) -> int:
-    import torch
-    from sklearn.datasets import load_digits
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
 
-    import tnsim
 
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target)
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(tnsim.nn.Linear(64, 32), tnsim.nn.Bilinear(32, 64, 10))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-3)
-        for _ in range(300):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-        acc = (model(x).argmax(1) == y).float().mean().item()
-        print(f"model {seed}: train accuracy {acc:.3f}")
-        models.append(model)
-    with torch.no_grad():
-        agree = (models[0](x).argmax(1) == models[1](x).argmax(1)).float().mean().item()
-        cos = torch.nn.functional.cosine_similarity(models[0](x), models[1](x), dim=1).mean().item()
-    for measure in ("tensor", "gaussian"):
-        c = tnsim.compare(models[0], models[1], measure=measure)
-        print(f"{measure:>8} similarity {c.value:.4f}  ({c.method}, {c.cost.contractions} contractions)")
-    print(f"  output agreement {agree:.4f}, mean output cosine {cos:.4f}")
+# --- shared helpers --------------------------------------------------------------------------
+
+
+def _load(paths: list[str]):
+    from . import checkpoints
+
+    return [checkpoints.load(p) for p in paths]
+
+
+def _check_compatible(paths, models) -> None:
+    from . import as_network
+
+    nets = [as_network(m) for m in models]
+    first = nets[0]
+    for p, n in zip(paths[1:], nets[1:]):
+        if n.real_in_shape != first.real_in_shape:
+            raise CliError(
+                f"{p}: takes inputs of shape {n.real_in_shape}, but {paths[0]} takes "
+                f"{first.real_in_shape}; the models cannot be compared"
+            )
+        if n.real_out_shape != first.real_out_shape:
+            raise CliError(
+                f"{p}: has outputs of shape {n.real_out_shape}, but {paths[0]} has "
+                f"{first.real_out_shape}; the models cannot be compared"
+            )
+
+
+def _data(name: str | None, models):
+    if name is None:
+        return None
+    if name == "digits":
+        from .data import digits
+
+        return digits().test.x
+    raise CliError(f"unknown data set {name!r}: use digits")
+
+
+def _options(args, models) -> dict:
+    """Keyword arguments for the chosen measure from the command line flags."""
+    m = args.measure
+    opts: dict = {}
+    if args.outputs:
+        opts["outputs"] = args.outputs
+    if m in ("tensor", "gaussian"):
+        if getattr(args, "method", None):
+            opts["method"] = args.method
+        if m == "gaussian" and args.centred:
+            opts["centred"] = True
+        elif args.centred:
+            raise CliError("--centred applies to the gaussian, output and monte_carlo measures")
+        return opts
+    data = _data(args.data, models)
+    if data is not None:
+        from . import as_network
+
+        d = as_network(models[0]).real_in_shape[-1]
+        if data.shape[-1] != d:
+            raise CliError(
+                f"--data {args.data} has {data.shape[-1]} features but the checkpoints take {d}"
+            )
+    if m == "matrix":
+        if args.centred:
+            raise CliError("--centred does not apply to the matrix measure")
+        return opts
+    if m in ("output", "monte_carlo"):
+        opts["centred"] = bool(args.centred)
+        if m == "monte_carlo" or data is None:
+            opts.update(distribution=args.distribution or "gaussian", n=args.samples, data=None)
+            if opts["distribution"] in ("data", "data_noise"):
+                raise CliError("the data distributions need a data set: use --data digits instead")
+        else:
+            opts["data"] = data
+        if m == "monte_carlo":
+            opts.pop("data", None)
+        return opts
+    if m == "cka":
+        if data is None:
+            raise CliError("the cka measure needs --data (e.g. --data digits)")
+        opts.pop("outputs", None)
+        return {"data": data}
+    raise CliError(f"unknown measure {m!r}")
+
+
+def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
+    p.add_argument(
+        "--measure",
+        default="tensor",
+        choices=MEASURES,
+        help="tensor (default), gaussian, or a baseline: matrix, output, cka, monte_carlo",
+    )
+    p.add_argument(
+        "--outputs",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="compare only these outputs (class slice)",
+    )
+    p.add_argument("--centred", action="store_true", help="centred Gaussian / output covariance")
+    if method:
+        p.add_argument(
+            "--method", choices=("auto", "exact", "recursive"), help="tensor/gaussian method"
+        )
+    p.add_argument(
+        "--data", help="input data for output/cka: 'digits' (scikit-learn's 8x8 test images)"
+    )
+    p.add_argument(
+        "--distribution", help="input distribution for output/monte_carlo (default gaussian)"
+    )
+    p.add_argument("--samples", type=int, default=100_000, help="samples for output/monte_carlo")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _summary_table(rows) -> str:
+    head = (
+        "metric",
+        "contrast (whole clean)",
+        "contrast (late clean)",
+        "flagged class",
+        "margin",
+        "flags 9",
+    )
+    body = []
+    for r in rows:
+        margin = r["margin"]
+        body.append(
+            (
+                r["metric"],
+                f"{r['delta_whole_clean']:.3f} ± {r['delta_whole_clean_sd']:.3f}",
+                f"{r['delta_late_clean']:.3f} ± {r['delta_late_clean_sd']:.3f}",
+                str(r["flagged"]),
+                "—" if margin != margin else f"{margin:.2f}",
+                str(r["flags_9"]),
+            )
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def cmd_demo(args) -> int:
+    from .experiments import backdoor
+
+    mode = "quick" if args.quick else "demo"
+    out = Path(args.out)
+    print(
+        f"tnsim demo: a bilinear digit classifier is trained clean, then fine-tuned with 10% of its "
+        f"training images carrying a 2x2 trigger patch relabelled 9. Which metrics see it?\n"
+        f"(writing figures and numbers to {out}/)",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    res = backdoor.run(
+        out,
+        mode=mode,
+        progress=not args.no_progress,
+        threads=args.threads,
+        command="tnsim demo" + (" --quick" if args.quick else ""),
+        log=lambda s: None,
+    )
+    dt = time.perf_counter() - t0
+    print()
+    print(
+        "Contrast of the post-poison block of checkpoints (mean ± sd over seeds); 'flagged class' = the "
+        "class slice that changes most, found without knowing the trigger:"
+    )
+    print(_summary_table(res["rows"]))
+    print(f"\nfinished in {dt:.0f} s; report: {out / 'report.md'}; figures: {out}/*.png")
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from . import experiments
+
+    if args.name == "list":
+        for n in experiments.NAMES:
+            doc = (experiments.get(n).__doc__ or "").strip().splitlines()[0]
+            print(f"{n:14s} {doc}")
+        return 0
+    if args.name not in experiments.NAMES:
+        raise CliError(
+            f"unknown experiment {args.name!r}: use one of {', '.join(experiments.NAMES)}"
+        )
+    mode = "quick" if args.quick else "full"
+    out = Path(args.out or f"tnsim-out/{args.name}")
+    command = f"tnsim experiment {args.name}" + (" --quick" if args.quick else "")
+    t0 = time.perf_counter()
+    experiments.run(
+        args.name,
+        out,
+        mode=mode,
+        progress=not args.no_progress,
+        threads=args.threads,
+        command=command,
+        seeds=args.seeds,
+    )
+    print(f"{args.name} ({mode}) finished in {time.perf_counter() - t0:.0f} s: {out / 'report.md'}")
+    return 0
+
+
+def _similarity(models, args):
+    from . import baselines, compare
+
+    opts = _options(args, models)
+    a, b = models
+    if args.measure in ("tensor", "gaussian"):
+        c = compare(a, b, measure=args.measure, **opts)
+        return {
+            "similarity": c.value,
+            "measure": c.measure,
+            "method": c.method,
+            "contractions": c.cost.contractions,
+            "flops": c.cost.flops,
+        }
+    if args.measure == "monte_carlo":
+        e = baselines.monte_carlo(a, b, **opts)
+        return {"similarity": e.value, "stderr": e.stderr, "samples": e.n, "measure": "monte_carlo"}
+    fn = {
+        "matrix": baselines.matrix_cosine,
+        "output": baselines.output_cosine,
+        "cka": baselines.cka,
+    }[args.measure]
+    if args.measure == "cka":
+        return {"similarity": fn(a, b, opts["data"]), "measure": "cka"}
+    return {"similarity": fn(a, b, **opts), "measure": args.measure}
+
+
+def cmd_compare(args) -> int:
+    models = _load([args.a, args.b])
+    _check_compatible([args.a, args.b], models)
+    res = _similarity(models, args)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        extra = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in res.items()
+            if k != "similarity"
+        )
+        print(f"{res['similarity']:.6f}  ({extra})")
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from .experiments.common import metric_matrix
+
+    if len(args.checkpoints) < 2:
+        raise CliError("tnsim matrix needs at least two checkpoints")
+    models = _load(args.checkpoints)
+    _check_compatible(args.checkpoints, models)
+    opts = _options(args, models)
+    outputs = opts.pop("outputs", None)
+    m = metric_matrix(args.measure, models, outputs=outputs, **opts)
+    names = [Path(p).stem for p in args.checkpoints]
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["", *names])
+            for n, row in zip(names, m.tolist()):
+                w.writerow([n, *row])
+    if args.png:
+        from . import plot
+
+        fig = plot.figure(5.5, 4.8)
+        ax = fig.subplots()
+        plot.heatmap(ax, m, title=f"{args.measure} similarity of {len(names)} checkpoints")
+        plot.save(fig, args.png)
+    if not args.csv or args.print:
+        w = max(len(n) for n in names)
+        print(" " * w + "  " + " ".join(f"{i:>7d}" for i in range(len(names))))
+        for n, row in zip(names, m.tolist()):
+            print(f"{n:>{w}s}  " + " ".join(f"{v:7.4f}" for v in row))
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from . import cost
+
+    models = _load([args.a, args.b])
+    _check_compatible([args.a, args.b], models)
+    kw = {"measure": args.measure}
+    if args.outputs:
+        kw["outputs"] = args.outputs
+    if args.method:
+        kw["method"] = args.method
+    if args.centred:
+        kw["centred"] = True
+    c = cost(*models, **kw)
+    print(
+        f"method {c.method}, measure {c.measure}: {c.contractions} contraction(s), {c.flops:.3g} flops, "
+        f"largest intermediate {c.largest_intermediate:.3g} elements "
+        f"({c.largest_intermediate_bytes / 2**20:.3g} MiB), width {c.width:.1f}"
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tnsim",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="backdoor experiment at demo size: summary table + figures")
+    d.add_argument("--out", default="tnsim-demo", help="output folder (default ./tnsim-demo)")
+    d.add_argument("--quick", action="store_true", help="tiny version (seconds)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models)")
+    d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("experiment", help="run one of the paper's experiments")
+    e.add_argument("name", help="backdoor, forgetting, grokking, distributions, or list")
+    e.add_argument("--quick", action="store_true", help="tiny version for tests (seconds)")
+    e.add_argument("--out", help="output folder (default ./tnsim-out/NAME)")
+    e.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models)")
+    e.set_defaults(fn=cmd_experiment)
+
+    c = sub.add_parser("compare", help="similarity of two checkpoints")
+    c.add_argument("a")
+    c.add_argument("b")
+    _add_measure_flags(c)
+    c.add_argument("--json", action="store_true", help="print a JSON object")
+    c.set_defaults(fn=cmd_compare)
+
+    m = sub.add_parser("matrix", help="similarity matrix of many checkpoints")
+    m.add_argument("checkpoints", nargs="+")
+    _add_measure_flags(m)
+    m.add_argument("--csv", help="write the matrix to this CSV file")
+    m.add_argument("--png", help="draw the heat-map to this PNG file")
+    m.add_argument("--print", action="store_true", help="print the matrix even with --csv")
+    m.set_defaults(fn=cmd_matrix)
+
+    k = sub.add_parser("cost", help="contraction cost of comparing two checkpoints (runs nothing)")
+    k.add_argument("a")
+    k.add_argument("b")
+    k.add_argument("--measure", default="tensor", choices=("tensor", "gaussian"))
+    k.add_argument("--outputs", type=int, nargs="+", metavar="K")
+    k.add_argument("--centred", action="store_true")
+    k.add_argument("--method", choices=("auto", "exact", "recursive"))
+    k.set_defaults(fn=cmd_cost)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tnsim", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="train two bilinear digit classifiers and compare them")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return 2
+    from .errors import TnsimError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (CliError, TnsimError, ValueError) as e:
+        msg = " ".join(str(e).split())
+        print(f"tnsim: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tnsim: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
