@@ -18,10 +18,10 @@ from __future__ import annotations
 import itertools
 import math
 
+import brute
 import numpy as np
 import torch
 
-import brute
 import tnsim
 
 

@@ -5,14 +5,14 @@ the tensor measure uses one constant coordinate for the whole padded input. Orac
 canonical coordinates over (1, vec X) (tests/brute_seq.py).
 """
 
+import brute
+import brute_seq as bs
 import numpy as np
 import pytest
 import torch
-
-import brute
-import brute_seq as bs
-import tnsim
 from seqmodels import D, N, attention, gaussian_params, rel, run_network
+
+import tnsim
 
 RTOL = 1e-10
 

@@ -1,12 +1,12 @@
 """Comparing parts: layer ranges, one attention head, a block against its replacement."""
 
+import brute
 import pytest
 import torch
-
-import brute
-import tnsim
 from models import bilinear, residual_stack, stack2
 from seqmodels import D, N, attention, block, rel
+
+import tnsim
 
 
 def test_slice_of_a_sequential_is_its_compiled_children():

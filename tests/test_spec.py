@@ -1,14 +1,14 @@
 """Models written as einsum specs and quimb networks; the network algebra that combines them."""
 
+import brute
+import brute_seq as bs
 import numpy as np
 import pytest
 import quimb.tensor as qtn
 import torch
-
-import brute
-import brute_seq as bs
-import tnsim
 from seqmodels import D, N, attention, rel
+
+import tnsim
 
 RTOL = 1e-10
 

@@ -2,14 +2,14 @@
 
 import math
 
+import brute_seq as bs
 import pytest
 import torch
 import torch.nn.functional as F
-
-import brute_seq as bs
-import tnsim
 from models import stack2
 from seqmodels import D, N, gaussian_params, rel, run_network
+
+import tnsim
 
 METHODS = [("tensor", "exact"), ("tensor", "recursive"), ("gaussian", "exact"), ("gaussian", "recursive")]
 
@@ -267,6 +267,26 @@ def test_unsupported_operations_are_named_with_their_line(kind):
         tnsim.compile(m, torch.zeros(N, D, dtype=torch.float64))
     assert "test_trace.py:" in str(err.value)
     assert isinstance(err.value, TypeError)
+
+
+def test_module_without_compiler_and_second_input_are_named():
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(N, N, 1)  # linear, but no compiler registered
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(tnsim.NotMultilinearError, match=r"'conv' \(Conv1d\) at .*test_trace\.py:\d+.* has no tnsim compiler"):
+        tnsim.trace(Conv(), torch.zeros(N, D))
+
+    class Two(torch.nn.Module):
+        def forward(self, x, y):
+            return x * y
+
+    with pytest.raises(tnsim.StructureError, match="second tensor argument"):
+        tnsim.trace(Two(), torch.zeros(N, D))
 
 
 def test_untraceable_module_without_example_input_asks_for_one():

@@ -40,7 +40,7 @@ from .network import (
     stack,
     unstack,
 )
-from .parts import head, slice
+from .parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
 from .paths import cache_dir, clear_cache, set_memory_limit
 from .spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
 from .symmetry import find_symmetries, with_symmetries
@@ -72,7 +72,6 @@ __all__ = [
     "positionwise",
     "at_positions",
     "chain_slice",
-    "slice",
     "head",
     "term_from_spec",
     "network_from_spec",

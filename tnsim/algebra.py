@@ -32,18 +32,18 @@ from .network import Network, pad_input, strip_output_pad
 from .term import Term, _minimal_generators
 
 __all__ = [
-    "constant",
-    "einsum",
-    "mul",
-    "plus",
-    "reshape",
-    "permute",
-    "index",
     "broadcast_to",
-    "sum_axes",
     "cat",
     "combine_terms",
+    "constant",
+    "einsum",
+    "index",
+    "mul",
+    "permute",
+    "plus",
+    "reshape",
     "simplify",
+    "sum_axes",
 ]
 
 _fresh = itertools.count()
@@ -89,11 +89,11 @@ def combine_terms(parts: list[Term], specs: list[str], out: str, coeff: float = 
         if len(spec) != len(t.outputs):
             raise StructureError(f"operand {p} has {len(t.outputs)} axes but spec {spec!r}")
         rename = {leg: f"L{c}" for leg, c in zip(t.outputs, spec)}
-        name = lambda i: rename.get(i, f"{p}:{i}")  # noqa: E731
-        inds += [tuple(name(i) for i in ix) for ix in t.inds]
+        rename.update({i: f"{p}:{i}" for i in t.size_dict if i not in rename})
+        inds += [tuple(rename[i] for i in ix) for ix in t.inds]
         arrays += list(t.arrays)
         tags += list(t.tags)
-        copies += [tuple(name(i) for i in c) for c in t.copies]
+        copies += [tuple(rename[i] for i in c) for c in t.copies]
         gens += shift(t.group, offset, total)
         offset += t.degree
         coeff *= t.coeff
@@ -614,9 +614,9 @@ def _merge_pairs(inds: list, arrays: list, tags: list, open_legs: set) -> None:
             sizes = dict(zip(inds[a], arrays[a].shape)) | dict(zip(inds[b], arrays[b].shape))
             keep = [i for i in dict.fromkeys(inds[a] + inds[b]) if i not in gone]
             new_size = math.prod(sizes[i] for i in keep)
-            if new_size <= arrays[a].numel() + arrays[b].numel():
-                if best is None or new_size < best[0]:
-                    best = (new_size, a, b, keep)
+            fits = new_size <= arrays[a].numel() + arrays[b].numel()
+            if fits and (best is None or new_size < best[0]):
+                best = (new_size, a, b, keep)
         if best is not None:
             _, a, b, keep = best
             letters = {i: string.ascii_letters[k] for k, i in enumerate(dict.fromkeys(inds[a] + inds[b]))}

@@ -47,7 +47,7 @@ __all__ = ["compile", "register"]
 _COMPILERS: dict[type, Callable] = {}
 _NON_POLYNOMIAL = (
     "ReLU GELU SiLU Sigmoid Tanh Softmax LogSoftmax Softplus ELU LeakyReLU Mish Hardtanh "
-    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention Conv1d Conv2d"
+    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention"
 ).split()
 
 
@@ -153,7 +153,7 @@ def _compile(module: torch.nn.Module, path: str, padded: bool):
         )
     raise NotMultilinearError(
         f"{where} ({kind}) is not a layer tnsim knows; pass example_input= to trace it, or "
-        "register a compiler with tnsim.compile_rules.register"
+        "register a compiler with tnsim.register"
     )
 
 

@@ -17,12 +17,12 @@ from .errors import StructureError
 from .network import Network, chain_slice
 from .nn import BilinearAttention, TensorTransformerBlock
 
-__all__ = ["slice", "head"]
+__all__ = ["head", "slice"]
 
 _slice = slice  # the builtin, shadowed below
 
 
-def slice(model, start: int | None = None, stop: int | None = None, *, pad: bool | None = None) -> Network:  # noqa: A001
+def slice(model, start: int | None = None, stop: int | None = None, *, pad: bool | None = None) -> Network:
     """Layers ``start:stop`` of a model as one network.
 
     For a ``torch.nn.Sequential`` the layers are its children (``model[start:stop]`` compiled);

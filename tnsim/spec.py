@@ -35,14 +35,14 @@ from .network import Network
 from .symmetry import with_symmetries
 from .term import Term
 
-__all__ = ["term_from_spec", "network_from_spec", "network_from_terms", "from_quimb"]
+__all__ = ["from_quimb", "network_from_spec", "network_from_terms", "term_from_spec"]
 
 
 def _parse_inputs(inputs) -> list[tuple[str, ...]]:
     if isinstance(inputs, str):
         parts = [p.strip() for p in inputs.replace(" ", "").split(",")]
         return [tuple(p) for p in parts if p]
-    return [tuple(c) if not isinstance(c, str) else tuple(c) for c in inputs]
+    return [tuple(c) for c in inputs]
 
 
 def _common_dtype(arrays) -> torch.dtype:
@@ -125,7 +125,7 @@ def term_from_spec(
     if len({len(cp) for cp in copies}) > 1:
         raise StructureError(f"input copies have different ranks: {copies}")
     term = Term(tuple(inds), tuple(arrs), tuple(copies), tuple(out), tuple(names), coeff=coeff)
-    term.in_shape  # checks the copies have equal shapes
+    _ = term.in_shape  # raises unless the copies have equal shapes
     if symmetry == "auto":
         return with_symmetries(term)
     if symmetry is None:

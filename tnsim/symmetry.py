@@ -26,7 +26,7 @@ from .errors import StructureError
 from .groups import Perm, closure
 from .term import Term, _minimal_generators
 
-__all__ = ["find_symmetries", "with_symmetries", "verify_symmetries"]
+__all__ = ["find_symmetries", "verify_symmetries", "with_symmetries"]
 
 #: stop listing graph automorphisms after this many (the group they generate is kept)
 MAX_AUTOMORPHISMS = 2000
@@ -126,5 +126,5 @@ def with_symmetries(term: Term, declared=None, detect: bool = True) -> Term:
 
 def group_order(term: Term) -> int:
     """Order of a term's group."""
-    return int(len(closure(term.group, term.degree))) if term.group else 1
+    return len(closure(term.group, term.degree)) if term.group else 1
 

@@ -38,7 +38,7 @@ import traceback
 from dataclasses import dataclass, replace
 
 import torch
-import torch.fx as fx
+from torch import fx
 from torch.fx.node import map_aggregate
 
 from . import algebra as alg
@@ -173,7 +173,7 @@ _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)
 def _user_frame(frames) -> str:
     for file, line, fn, code in frames:
         path = os.path.abspath(file)
-        if path.startswith(_TORCH_DIR) or path.startswith(_HERE):
+        if path.startswith((_TORCH_DIR, _HERE)):
             continue
         return f" at {file}:{line} in {fn}: `{(code or '').strip()}`"
     return ""
@@ -194,7 +194,7 @@ def _describe(kind: str, target) -> str:
     mod = getattr(target, "__module__", None) or ""
     if mod.startswith("torch._C._nn"):
         return f"torch.nn.functional.{name}"
-    if mod in ("", "torch") or mod.startswith("torch._C") or mod.startswith("torch._tensor"):
+    if mod in ("", "torch") or mod.startswith(("torch._C", "torch._tensor")):
         return f"torch.{name}"
     if mod.startswith("torch"):
         return f"{mod}.{name}"
@@ -214,7 +214,7 @@ class Sym:
     Applying a module to a value anchors the result there, so anchors mark layer boundaries.
     """
 
-    anchor: "Sym | None"
+    anchor: Sym | None
     local: Network
     boundary: bool = False  # the input or a module's output: where layers begin
 
@@ -226,7 +226,7 @@ class Sym:
     def is_input(self) -> bool:
         return self.anchor is None
 
-    def relative(self) -> tuple["Sym", Network]:
+    def relative(self) -> tuple[Sym, Network]:
         """(anchor, local) with the input as its own anchor."""
         return (self, self.local) if self.is_input else (self.anchor, self.local)
 
@@ -359,6 +359,11 @@ class _Interpreter:
         try:
             net = _compile(module, target, self.padded)
         except NotMultilinearError as err:
+            if "is not a layer tnsim knows" in str(err):
+                raise self.fail(
+                    f"module {target!r} ({type(module).__name__})",
+                    "has no tnsim compiler: register one with tnsim.register",
+                ) from err
             raise NotMultilinearError(f"{err}{_where(self.node)}") from err
         if net is _SKIP:
             return x
