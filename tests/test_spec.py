@@ -175,3 +175,28 @@ def test_composition_sum_concatenation_and_scaling():
     assert rel(tnsim.inner(cat, other2, method="exact"), brute.gaussian_inner(T_cat, T_cat2)) < RTOL
     # scaling
     assert rel(tnsim.inner(tri.scaled(-2.5), other, method="exact"), -2.5 * tnsim.inner(tri, other, method="exact")) < RTOL
+
+
+def test_trilinear_invariant_to_its_symmetries():
+    """Hidden-unit permutation, per-unit rescaling of the three factors (product 1) and
+    permutation of the factors leave every similarity at 1 and to a third model unchanged."""
+    a, c = trilinear(1, bias=True), trilinear(2, bias=True)
+    a2 = trilinear(1, bias=True)
+    g = torch.Generator().manual_seed(3)
+    perm = torch.randperm(4, generator=g)
+    s1, s2 = torch.rand(4, generator=g, dtype=torch.float64) + 0.5, -(torch.rand(4, generator=g, dtype=torch.float64) + 0.5)
+    scales = [s1, s2, 1 / (s1 * s2)]
+    with torch.no_grad():
+        lins = [a.a, a.b, a.c]
+        for new, old, sc in zip([a2.b, a2.c, a2.a], lins, scales):  # factors rotated
+            new.weight.copy_((old.weight * sc[:, None])[perm])
+            new.bias.copy_((old.bias * sc)[perm])
+        a2.down.weight.copy_(a.down.weight[:, perm])
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.allclose(a(x), a2(x), atol=1e-12)
+    for measure in ("tensor", "gaussian"):
+        for method in ("exact", "recursive"):
+            assert abs(tnsim.similarity(a, a2, measure=measure, method=method) - 1) < 1e-9
+            v1 = tnsim.similarity(a, c, measure=measure, method=method)
+            v2 = tnsim.similarity(a2, c, measure=measure, method=method)
+            assert abs(v1 - v2) < 1e-9 and abs(v1) < 1 - 1e-6

@@ -650,9 +650,7 @@ class _Interpreter:
         ea = (bl[nb - len(batch_a):] + i + k) if len(sa) > 1 else k
         eb = (bl[nb - len(batch_b):] + k + j) if len(sb) > 1 else k
         out = bl + (i if len(sa) > 1 else "") + (j if len(sb) > 1 else "")
-        ea = ea if len(sa) > 1 else k
-        # broadcast batch axes by ellipsis rules: write them explicitly
-        spec = f"{ea},{eb}->{out}"
+        spec = f"{ea},{eb}->{out}"  # batch axes written out, broadcast below
         return self.einsum_broadcast(spec, [a, b])
 
     def einsum_broadcast(self, spec: str, ops: list):
@@ -809,6 +807,9 @@ def trace(module: torch.nn.Module, example_input, *, pad: bool | None = None, na
     from .compile import _check_finite, _uses_padding
 
     x = torch.as_tensor(example_input)
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)  # run the example in the model's precision
     if x.dim() not in (1, 2):
         raise ShapeMismatchError(
             f"example_input must be one input of shape (d,) or (n, d) without a batch axis, "
