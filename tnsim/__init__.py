@@ -4,7 +4,7 @@ Compile a model into a sum of tensor-network terms, build the doubled network of
 let cotengra plan the contraction and torch run it.
 """
 
-from . import errors, nn
+from . import algebra, errors, nn
 from . import baselines, checkpoints, data, plot  # plot imports matplotlib lazily
 from .api import (
     EXACT_BUDGET_CONTRACTIONS,
@@ -30,9 +30,23 @@ from .errors import (
 )
 from .matrix import similarity_matrix
 from .measures import GaussianMeasure, TensorMeasure
-from .network import Network, add, compose, stack, unstack
+from .network import (
+    Network,
+    add,
+    at_positions,
+    chain_slice,
+    compose,
+    concat,
+    positionwise,
+    stack,
+    unstack,
+)
+from .parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
 from .paths import cache_dir, clear_cache, set_memory_limit
+from .spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
+from .symmetry import find_symmetries, with_symmetries
 from .term import Term, cp_term
+from .trace import trace
 
 __version__ = "0.1.0"
 
@@ -59,6 +73,19 @@ __all__ = [
     "cp_term",
     "compose",
     "add",
+    "concat",
+    "positionwise",
+    "at_positions",
+    "chain_slice",
+    "head",
+    "term_from_spec",
+    "network_from_spec",
+    "network_from_terms",
+    "from_quimb",
+    "find_symmetries",
+    "with_symmetries",
+    "trace",
+    "algebra",
     "stack",
     "unstack",
     "TensorMeasure",

@@ -7,7 +7,14 @@ Supported building blocks (by module type; subclasses count):
   unsymmetrised ``raw`` twin), plus an identity term when residual;
 * ``torch.nn.Sequential`` — composition in order; ``torch.nn.Identity`` and ``Dropout`` in eval
   mode are skipped;
-* further layer types registered with :func:`register`.
+* :class:`tnsim.nn.Trilinear` — one degree-3 symmetric CP term;
+* sequence layers: :class:`tnsim.nn.BilinearAttention` (one term of degree 3, or 5 with
+  squared scores, whose symmetry group is found from its structure),
+  :class:`tnsim.nn.TensorTransformerBlock` (attention then MLP: two layers),
+  :class:`tnsim.nn.Embedding` and :class:`tnsim.nn.Unembedding`; vector layers meeting a
+  sequence are applied at every position;
+* further layer types registered with :func:`register`; any other module is traced
+  (:func:`tnsim.trace.trace`) when an example input is given.
 
 A network that uses biases or residuals anywhere is compiled *padded* throughout: every layer
 maps :math:`\tilde x = (1, x)` to :math:`\tilde y = (1, y)`; the constant rides on one extra
@@ -22,9 +29,17 @@ from typing import Callable
 
 import torch
 
+from .algebra import simplify
 from .errors import NonFiniteError, NotMultilinearError
-from .network import Network, compose
-from .nn import Bilinear
+from .network import Network, compose, pad_input, pad_output, positionwise
+from .nn import (
+    Bilinear,
+    BilinearAttention,
+    Embedding,
+    TensorTransformerBlock,
+    Trilinear,
+)
+from .symmetry import with_symmetries
 from .term import Term, cp_term
 
 __all__ = ["compile", "register"]
@@ -32,7 +47,7 @@ __all__ = ["compile", "register"]
 _COMPILERS: dict[type, Callable] = {}
 _NON_POLYNOMIAL = (
     "ReLU GELU SiLU Sigmoid Tanh Softmax LogSoftmax Softplus ELU LeakyReLU Mish Hardtanh "
-    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention Conv1d Conv2d"
+    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention"
 ).split()
 
 
@@ -60,7 +75,9 @@ def _uses_padding(module: torch.nn.Module) -> bool:
     for m in module.modules():
         if isinstance(m, torch.nn.Linear) and m.bias is not None:
             return True
-        if isinstance(m, Bilinear) and m.residual:
+        if isinstance(m, (Bilinear, Trilinear, BilinearAttention)) and m.residual:
+            return True
+        if isinstance(m, Embedding) and m.pos is not None:
             return True
     return False
 
@@ -73,8 +90,10 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
     module
         A ``torch.nn.Module`` built from supported layers, or a :class:`Network`.
     example_input
-        An example input; modules outside the registered layer types are traced with it
-        (torch.fx) into the same networks the hand-built form gives.
+        One example input, without a batch axis: shape ``(d,)`` for vector models, ``(n, d)``
+        for sequence models. Modules outside the registered layer types are traced with it
+        (torch.fx) into the same networks the hand-built form gives; a vector model given a
+        sequence is applied at every position.
     pad
         Force (``True``) or forbid (``False``) the padded representation; default: padded iff
         the model has biases or residual connections.
@@ -105,6 +124,10 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
         return trace(module, example_input, pad=pad, name=label)
     if net is _SKIP:
         raise NotMultilinearError(f"{label} computes the identity; nothing to compile")
+    if example_input is not None:
+        shape = tuple(torch.as_tensor(example_input).shape)
+        if len(net.in_shape) == 1 and len(shape) == 2:
+            net = positionwise(net, shape[0])
     return _named(net, label)
 
 
@@ -130,7 +153,7 @@ def _compile(module: torch.nn.Module, path: str, padded: bool):
         )
     raise NotMultilinearError(
         f"{where} ({kind}) is not a layer tnsim knows; pass example_input= to trace it, or "
-        "register a compiler with tnsim.compile_rules.register"
+        "register a compiler with tnsim.register"
     )
 
 
@@ -226,3 +249,103 @@ def _bilinear(module: Bilinear, path: str, padded: bool) -> Network:
         ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
         terms, raws = terms + (ident,), raws + (ident,)
     return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Bilinear")
+
+
+@register(Trilinear)
+def _trilinear(module: Trilinear, path: str, padded: bool) -> Network:
+    pre = f"{path}." if path else ""
+    mats = []
+    for lin in (module.down, module.a, module.b, module.c):
+        w = _param(lin.weight)
+        b = _param(lin.bias) if lin.bias is not None else None
+        mats.append(padded_matrix(w, b, True) if padded else w)
+    D, A, B, C = mats
+    tags = (f"{pre}down", f"{pre}a", f"{pre}b", f"{pre}c")
+    sym = cp_term(D, [A, B, C], symmetric=True, tags=tags)
+    raw = cp_term(D, [A, B, C], symmetric=False, tags=tags)
+    d_in, d_out = A.shape[1], D.shape[0]
+    terms, raws = (sym,), (raw,)
+    if module.residual:
+        eye = torch.eye(d_in, dtype=A.dtype, device=A.device)
+        if padded:
+            eye[0, 0] = 0
+        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
+        terms, raws = terms + (ident,), raws + (ident,)
+    return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Trilinear")
+
+
+def attention_term(module: BilinearAttention, path: str = "") -> Term:
+    r"""The attention term: copies (query at t, key at s, value at s), or with squared scores
+    (query, key, query, key, value); the mask is a tensor on the (t, s) position legs.
+
+    Its symmetry group (for squared scores the swap of the two (query, key) pairs) is found
+    from the structure and verified numerically (:func:`tnsim.symmetry.with_symmetries`).
+    """
+    pre = f"{path}." if path else ""
+    H, E = module.n_heads, module.d_head
+    d = module.d_model
+    n = module.n_ctx
+    wq = _param(module.q.weight).reshape(H, E, d)
+    wk = _param(module.k.weight).reshape(H, E, d)
+    wv = _param(module.v.weight).reshape(H, E, d)
+    wo = _param(module.o.weight).reshape(-1, H, E)
+    mask = _param(module.mask)[:n, :n].to(wq.dtype)
+    inds = [("h", "e", "i"), ("h", "e", "j"), ("h", "f", "k"), ("o", "h", "f"), ("t", "s")]
+    arrays = [wq, wk, wv, wo, mask]
+    tags = [f"{pre}q", f"{pre}k", f"{pre}v", f"{pre}o", f"{pre}mask"]
+    copies = [("t", "i"), ("s", "j"), ("s", "k")]
+    coeff = module.scale
+    if module.squared:
+        inds[2:2] = [("h", "g", "i2"), ("h", "g", "j2")]
+        arrays[2:2] = [wq, wk]
+        tags[2:2] = [f"{pre}q", f"{pre}k"]
+        copies[2:2] = [("t", "i2"), ("s", "j2")]
+        coeff = module.scale**2
+    term = Term(tuple(inds), tuple(arrays), tuple(copies), ("t", "o"), tuple(tags), coeff=coeff)
+    return with_symmetries(term)
+
+
+def _position_identity(n: int, d: int, like: torch.Tensor, tag: str, zero_constant: bool) -> Term:
+    eye = torch.eye(d, dtype=like.dtype, device=like.device)
+    if zero_constant:
+        eye[0, 0] = 0
+    ones = torch.ones(n, dtype=like.dtype, device=like.device)
+    return Term((("t",), ("o", "i")), (ones, eye), (("t", "i"),), ("t", "o"), (tag, tag))
+
+
+@register(BilinearAttention)
+def _attention(module: BilinearAttention, path: str, padded: bool) -> Network:
+    term = attention_term(module, path)
+    n, d = module.n_ctx, module.d_model
+    terms = (term,)
+    if module.residual:
+        like = term.arrays[0]
+        terms += (_position_identity(n, d, like, f"{path}.residual" if path else "residual", False),)
+    net = Network(terms, (n, d), (n, d), False, False, None, None, path or "BilinearAttention")
+    return simplify(pad_output(pad_input(net))) if padded else net
+
+
+@register(TensorTransformerBlock)
+def _block(module: TensorTransformerBlock, path: str, padded: bool) -> Network:
+    pre = f"{path}." if path else ""
+    attn = _compile(module.attn, pre + "attn", padded)
+    mlp = _compile(module.mlp, pre + "mlp", padded)
+    return _named(simplify(compose(mlp, attn)), path or "TensorTransformerBlock")
+
+
+@register(Embedding)
+def _token_embedding(module: Embedding, path: str, padded: bool) -> Network:
+    w = _param(module.weight).T  # (d_model, vocab)
+    tag = f"{path}.weight" if path else "weight"
+    if module.pos is None:
+        mat = padded_matrix(w, None, True) if padded else w
+        term = Term((("y", "x"),), (mat,), (("x",),), ("y",), (tag,))
+        return Network((term,), (mat.shape[1],), (mat.shape[0],), padded, padded, None, None, path or "Embedding")
+    pos = _param(module.pos)
+    n = pos.shape[0]
+    # position-dependent affine map on padded inputs: W~[t] = [[1, 0], [P_t, W]]
+    mat = padded_matrix(w, None, True)
+    wt = mat.expand(n, -1, -1).clone()
+    wt[:, 1:, 0] = pos
+    term = Term((("t", "o", "i"),), (wt,), (("t", "i"),), ("t", "o"), (tag,))
+    return Network((term,), (n, mat.shape[1]), (n, mat.shape[0]), True, True, None, None, path or "Embedding")

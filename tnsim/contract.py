@@ -130,12 +130,22 @@ class Equation:
     sources: list[tuple] = field(default_factory=list)
 
 
-def _copy_legs(side_idx: int, side: Side, c: int) -> tuple[str, ...]:
+def _copy_legs(side_idx: int, side: Side, c: int, rank: int = 1) -> tuple[str, ...]:
+    """Leg names of copy ``c``; a virtual copy gets ``rank`` fresh legs (the input space's)."""
     lab = "ab"[side_idx]
     t = side.term
     if c < t.degree:
         return tuple(f"{lab}|{leg}" for leg in t.copies[c])
-    return tuple(f"{lab}|v{c}.{a}" for a in range(len(t.in_shape) or 1))
+    return tuple(f"{lab}|v{c}.{a}" for a in range(len(t.in_shape) or rank))
+
+
+def _space_rank(kernel, label: str) -> int:
+    """Rank of one input copy, read off the kernel's pad pieces (1 for vectors, 2 for sequences)."""
+    try:
+        pieces = kernel.pad(label)
+    except Exception:  # a kernel without a padded space has no virtual copies either
+        return 1
+    return 1 + max(axis for p in pieces for _, axis in p.legs)
 
 
 def build_equation(
@@ -195,21 +205,25 @@ def build_equation(
             shape = tuple(piece.array.shape)
             add(inds, ("k", tag, pi), shape)
 
-    # virtual copies: pad vectors
+    # virtual copies: pad vectors (a degree-0 term's virtual copies take the space's rank)
+    rank = [
+        1 if side.term.degree or side.degree == 0 else _space_rank(kernel, labels[si])
+        for si, side in enumerate(sides)
+    ]
     for si, side in enumerate(sides):
         for c in range(side.term.degree, side.degree):
-            attach(kernel.pad(labels[si]), _copy_legs(si, side, c), (), ("pad", labels[si]))
+            attach(kernel.pad(labels[si]), _copy_legs(si, side, c, rank[si]), (), ("pad", labels[si]))
     for (si, ci), (sj, cj) in pairs:
         s1, s2 = labels[si], labels[sj]
         attach(
             kernel.pair(s1, s2),
-            _copy_legs(si, sides[si], ci),
-            _copy_legs(sj, sides[sj], cj),
+            _copy_legs(si, sides[si], ci, rank[si]),
+            _copy_legs(sj, sides[sj], cj, rank[sj]),
             ("pair", s1, s2),
         )
     for si, ci in singles:
         s = labels[si]
-        attach(kernel.single(s), _copy_legs(si, sides[si], ci), (), ("single", s))
+        attach(kernel.single(s), _copy_legs(si, sides[si], ci, rank[si]), (), ("single", s))
 
     # outputs
     batch_out = []
@@ -438,10 +452,13 @@ def contract_pairings(
     """
     reps, norm = pairings(sides, kernel, kind)
     coeff = math.prod(s.term.coeff for s in sides) * norm
+    vanishes = _vanishing_rule(sides, kernel, kind)
     itemsize = torch.empty((), dtype=dtype).element_size()
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
     total = None
     for rep, size, pairs, singles in reps:
+        if vanishes is not None and vanishes(pairs, singles):
+            continue
         con = planned(sides, kernel, kind, open_outputs, rep, pairs, singles)
         if stats is not None:
             stats["contractions"] = stats.get("contractions", 0) + 1
@@ -459,8 +476,82 @@ def contract_pairings(
         value = run(con, ops, itemsize).to(torch.float64) * (size * coeff)
         total = value if total is None else total + value
     if total is None:
-        raise AssertionError("no pairings")
+        # no pairing at all (an odd number of copies under a zero-mean, unpadded Gaussian):
+        # the expectation is exactly zero
+        return _zeros_result(sides, open_outputs, like)
     return total
+
+
+def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
+    """Per copy of a term on a padded space: ``(uses constant, uses real features)``.
+
+    Read off the one tensor carrying the copy's feature leg (``False`` only when that slice is
+    exactly zero for every model of a stack, e.g. the embedding :func:`~tnsim.network.pad_input`
+    puts on a copy); ``(True, True)`` when the leg is shared or several tensors carry it.
+    """
+    cached = term.__dict__.get("_support")
+    if cached is not None:
+        return cached
+    off = 0 if term.batch is None else 1
+    out = []
+    for legs in term.copies:
+        f = legs[-1]
+        hold = [k for k, ix in enumerate(term.inds) if f in ix]
+        const = real = True
+        if len(hold) == 1 and term.inds[hold[0]].count(f) == 1:
+            x = term.arrays[hold[0]]
+            ax = term.inds[hold[0]].index(f) + off
+            const = bool(x.narrow(ax, 0, 1).any())
+            real = bool(x.narrow(ax, 1, x.shape[ax] - 1).any())
+        out.append((const, real))
+    out = tuple(out)
+    object.__setattr__(term, "_support", out)
+    return out
+
+
+def _vanishing_rule(sides: list[Side], kernel, kind: str):
+    """A test for pairings that are exactly zero, or ``None`` when the kernel allows none.
+
+    Kernels that set ``decoupled`` join constant coordinates only with constant coordinates
+    (tensor metric) or not at all (covariance), and real features only with real features; a
+    Gaussian kernel with ``real_mean_zero`` gives unpaired copies the mean ``e_0``. A pairing
+    that joins a copy to a kernel piece it cannot reach is zero and is skipped (whole orbits
+    at once: the support pattern is invariant under a term's group).
+    """
+    if not getattr(kernel, "decoupled", False):
+        return None
+    flags = {}
+    for si, s in enumerate(sides):
+        padded = kernel.spaces["ab"[si]].padded
+        sup = copy_support(s.term) if padded else ((False, True),) * s.term.degree
+        for c in range(s.degree):
+            flags[(si, c)] = sup[c] if c < s.term.degree else (True, False)
+    if all(f == (True, True) for f in flags.values()):
+        return None
+    mean_zero = bool(getattr(kernel, "real_mean_zero", False))
+
+    def vanishes(pairs, singles) -> bool:
+        for p, q in pairs:
+            (cp, rp), (cq, rq) = flags[p], flags[q]
+            if not ((rp and rq) or (kind == "tensor" and cp and cq)):
+                return True
+        if mean_zero:
+            return any(not flags[p][0] for p in singles)
+        return False
+
+    return vanishes
+
+
+def _zeros_result(sides: list[Side], open_outputs: bool, like: torch.Tensor) -> torch.Tensor:
+    """A zero of the shape :func:`build_equation` gives the result (batch axes, open outputs)."""
+    shape, seen = [], []
+    for s in sides:
+        if s.batch_label and s.batch_label not in seen:
+            seen.append(s.batch_label)
+            shape.append(s.term.batch)
+    if open_outputs:
+        shape += [s.term.size_dict[o] for s in sides for o in s.term.outputs]
+    return torch.zeros(shape, dtype=torch.float64, device=like.device)
 
 
 def evaluate_term(term: Term, xs: list[torch.Tensor]) -> torch.Tensor:

@@ -178,6 +178,7 @@ class TensorKernel:
 
     kind = "tensor"
     partial = False
+    decoupled = True  # constant meets constant, real features meet real features
 
     def __init__(self, space_a: Space, space_b: Space, like: torch.Tensor):
         if space_a.d != space_b.d or space_a.shape[:-1] != space_b.shape[:-1]:
@@ -218,6 +219,7 @@ class GaussianKernel:
     """Covariance and mean of :math:`\\tilde x` for the Gaussian measure in each side's frame."""
 
     kind = "gaussian"
+    decoupled = True  # the covariance of the constant coordinate is zero
 
     def __init__(self, measure: GaussianMeasure, space_a: Space, space_b: Space, like):
         if space_a.d != space_b.d or space_a.shape[:-1] != space_b.shape[:-1]:
@@ -237,6 +239,7 @@ class GaussianKernel:
             else torch.as_tensor(measure.mean).to(dtype=like.dtype, device=like.device)
         )
         self.partial = (not measure.zero_mean) or space_a.padded or space_b.padded
+        self.real_mean_zero = measure.zero_mean  # an unpaired copy sees e_0 only
         self._pairs = {}
         for s1, s2 in (("a", "a"), ("a", "b"), ("b", "b")):
             sa, sb = self.spaces[s1], self.spaces[s2]

@@ -26,7 +26,16 @@ import torch
 from .errors import ShapeMismatchError, StructureError
 from .term import Term, expand_composition
 
-__all__ = ["Network", "compose", "add", "identity_network"]
+__all__ = [
+    "Network",
+    "compose",
+    "add",
+    "concat",
+    "identity_network",
+    "positionwise",
+    "at_positions",
+    "chain_slice",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,7 +212,13 @@ def compose(outer: Network, inner: Network) -> Network:
 
     Padding is reconciled: an unpadded inner output feeding a padded outer input gets the
     constant coordinate; a padded inner output feeding an unpadded outer input is sliced.
+    A vector network meeting a sequence network is applied at every position
+    (:func:`positionwise`), so ``Sequential(attention, Bilinear)`` composes as written.
     """
+    if len(outer.in_shape) == 1 and len(inner.out_shape) == 2:
+        outer = positionwise(outer, inner.out_shape[0])
+    elif len(outer.in_shape) == 2 and len(inner.out_shape) == 1 and len(inner.in_shape) == 1:
+        inner = positionwise(inner, outer.in_shape[0])
     _check_compatible(outer, inner)
     if outer.in_padded and not inner.out_padded:
         inner = pad_output(inner)
@@ -495,3 +510,150 @@ def unstack(net: Network, i: int) -> Network:
         layers=tuple(unstack(layer, i) for layer in net.layers) if net.layers else None,
         name=f"{net.name}[{i}]",
     )
+
+
+# --- sequences, concatenation, slices ---------------------------------------------------------
+
+
+def _lift_term(t: Term, n: int, like: torch.Tensor) -> Term:
+    ones = _batched(torch.ones(n, dtype=like.dtype, device=like.device), t.batch)
+    return Term(
+        t.inds + (("pos",),),
+        t.arrays + (ones,),
+        tuple(("pos",) + tuple(c) for c in t.copies),
+        ("pos",) + tuple(t.outputs),
+        t.tags + ("position",),
+        t.group,
+        t.coeff,
+        t.batch,
+    )
+
+
+def positionwise(net: Network, n: int, name: str | None = None) -> Network:
+    r"""A vector network applied independently at each of ``n`` positions.
+
+    Every term gets one position index shared by all its copies and its output (a hyperindex
+    carried by a vector of ones): :math:`Y_t = f(X_t)`. Groups are unchanged.
+    """
+    if len(net.in_shape) != 1 or len(net.out_shape) != 1:
+        raise StructureError(
+            f"positionwise needs a vector network, {net.name} maps {net.in_shape} -> {net.out_shape}"
+        )
+    like = net.terms[0].arrays[0]
+    layers = tuple(positionwise(layer, n) for layer in net.layers) if net.layers else None
+    return replace(
+        net,
+        terms=tuple(_lift_term(t, n, like) for t in net.terms),
+        raw=tuple(_lift_term(t, n, like) for t in net.raw) if net.raw is not None else None,
+        in_shape=(n,) + tuple(net.in_shape),
+        out_shape=(n,) + tuple(net.out_shape),
+        layers=layers,
+        name=name or net.name,
+    )
+
+
+def _attach(t: Term, leg_axis: int, matrix: torch.Tensor, tag: str, drop: bool = False) -> Term:
+    """Apply ``matrix`` (shape ``(new, old)``; a vector ``(old,)`` if ``drop``) to output axis
+    ``leg_axis`` of a term."""
+    old = t.outputs[leg_axis]
+    new = f"{old}'"
+    arr = _batched(matrix.to(dtype=t.arrays[0].dtype, device=t.arrays[0].device), t.batch)
+    if drop:
+        outputs = tuple(o for a, o in enumerate(t.outputs) if a != leg_axis)
+        return replace(t, inds=t.inds + ((old,),), arrays=t.arrays + (arr,), outputs=outputs,
+                       tags=t.tags + (tag,), _canonical=False)
+    outputs = tuple(new if a == leg_axis else o for a, o in enumerate(t.outputs))
+    return replace(t, inds=t.inds + ((new, old),), arrays=t.arrays + (arr,), outputs=outputs,
+                   tags=t.tags + (tag,), _canonical=False)
+
+
+def _map_terms(net: Network, fn) -> tuple[tuple[Term, ...], tuple[Term, ...] | None]:
+    return tuple(fn(t) for t in net.terms), (tuple(fn(t) for t in net.raw) if net.raw is not None else None)
+
+
+def concat(*nets: Network, name: str | None = None) -> Network:
+    """Concatenate the (real) outputs of networks with the same input along the feature axis.
+
+    The result is one layer for the recursive method; its output is unpadded.
+    """
+    if not nets:
+        raise ValueError("concat needs at least one network")
+    first = nets[0]
+    for n in nets[1:]:
+        if n.real_in_shape != first.real_in_shape or n.real_out_shape[:-1] != first.real_out_shape[:-1]:
+            raise ShapeMismatchError(
+                f"cannot concatenate {n.name} ({n.real_in_shape} -> {n.real_out_shape}) with "
+                f"{first.name} ({first.real_in_shape} -> {first.real_out_shape})"
+            )
+    padded_in = any(n.in_padded for n in nets)
+    nets = tuple(strip_output_pad(pad_input(n) if padded_in else n) for n in nets)
+    total = sum(n.out_shape[-1] for n in nets)
+    like = first.terms[0].arrays[0]
+    terms, raws, offset, any_raw = [], [], 0, any(n.raw is not None for n in nets)
+    for n in nets:
+        d = n.out_shape[-1]
+        inj = torch.zeros(total, d, dtype=like.dtype, device=like.device)
+        inj[offset : offset + d] = torch.eye(d, dtype=like.dtype, device=like.device)
+        offset += d
+        axis = len(n.out_shape) - 1
+        terms += [_attach(t, axis, inj, "concat") for t in n.terms]
+        raws += [_attach(t, axis, inj, "concat") for t in n.raw_terms]
+    return Network(
+        tuple(terms),
+        tuple(nets[0].in_shape),
+        tuple(nets[0].out_shape[:-1]) + (total,),
+        padded_in,
+        False,
+        None,
+        tuple(raws) if any_raw else None,
+        name or "concat(" + ", ".join(n.name for n in nets) + ")",
+    )
+
+
+def at_positions(net: Network, positions) -> Network:
+    """The outputs of a sequence network at selected positions only.
+
+    ``positions`` is an int (the output becomes a vector, e.g. the last token's logits) or a
+    list of ints (the output keeps a shorter position axis). Applied to the last layer, so the
+    recursive method still sees every layer.
+    """
+    if len(net.out_shape) != 2:
+        raise StructureError(f"{net.name} has no position axis (output shape {net.out_shape})")
+    n = net.out_shape[0]
+    like = net.terms[0].arrays[0]
+    single = isinstance(positions, int)
+    idx = [positions] if single else [int(p) for p in positions]
+    bad = [p for p in idx if not -n <= p < n]
+    if bad:
+        raise ShapeMismatchError(f"positions {bad} out of range for {n} output positions of {net.name}")
+    sel = torch.eye(n, dtype=like.dtype, device=like.device)[idx]
+    if single:
+        sel = sel[0]
+    if net.layers:
+        last = at_positions(net.layers[-1], positions)
+        return replace(_select(net, sel, single), layers=net.layers[:-1] + (last,))
+    return _select(net, sel, single)
+
+
+def _select(net: Network, sel: torch.Tensor, single: bool) -> Network:
+    terms, raw = _map_terms(net, lambda t: _attach(t, 0, sel, "position", drop=single))
+    out = tuple(net.out_shape[1:]) if single else (sel.shape[0],) + tuple(net.out_shape[1:])
+    return replace(net, terms=terms, raw=raw, out_shape=out, layers=None)
+
+
+def chain_slice(net: Network, start: int | None = None, stop: int | None = None) -> Network:
+    """Layers ``start:stop`` of a network's chain, composed into one network.
+
+    Layers are the compiled modules in order (a ``Sequential``'s children; a transformer block
+    contributes its attention and its MLP). Padding follows the layers.
+    """
+    chain = net.chain
+    picked = chain[start:stop]
+    if not picked:
+        raise StructureError(f"{net.name} has {len(chain)} layers; slice {start}:{stop} is empty")
+    out = picked[0]
+    for layer in picked[1:]:
+        out = compose(layer, out)
+    lo = 0 if start is None else (start % len(chain) if start < 0 else start)
+    hi = len(chain) if stop is None else (stop % len(chain) if stop < 0 else min(stop, len(chain)))
+    return replace(out, name=f"{net.name}[{lo}:{hi}]")

@@ -74,8 +74,10 @@ class _StateTensorKernel:
     kind = "tensor"
     partial = False
 
-    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space):
+    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space,
+                 decoupled: bool = False):
         self.g, self.roles = g, roles
+        self.decoupled = decoupled  # true for the input metric (first layer) only
         self.spaces = {"a": space_a, "b": space_b}
         ra, rb = len(space_a.shape), len(space_b.shape)
         self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles),)
@@ -94,8 +96,11 @@ class _StateTensorKernel:
 class _StateGaussianKernel:
     kind = "gaussian"
 
-    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool):
+    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool,
+                 decoupled: bool = False, real_mean_zero: bool = False):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial
+        # the input measure (first layer) keeps constant and real coordinates apart
+        self.decoupled, self.real_mean_zero = decoupled, real_mean_zero
         self._pairs = {}
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
@@ -206,7 +211,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
     ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
     ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
     roles_aa, roles_bb = (), ()
-    for la, lb in layers:
+    for index, (la, lb) in enumerate(layers):
         k = max(la.degree, lb.degree)
         for layer in (la, lb):
             if any(t.degree < k for t in layer.terms) and not layer.in_padded:
@@ -218,7 +223,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         virtual = lambda t: k - t.degree  # noqa: E731
 
         def step(x, y, g, roles, mode, sx, sy):
-            kern = _StateTensorKernel(g, roles, sx, sy)
+            kern = _StateTensorKernel(g, roles, sx, sy, decoupled=index == 0)
             tx, ty, _, _ = choose_variants(
                 x, y, "tensor", kern, virtual, (None, None), open_outputs=True, mode=mode
             )
@@ -348,7 +353,8 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         ra = ("a",) if roles["a"] else ()
 
         def kern(cov, mean, spaces):
-            return _StateGaussianKernel(cov, mean, spaces, partial)
+            return _StateGaussianKernel(cov, mean, spaces, partial, decoupled=first,
+                                        real_mean_zero=first and measure.zero_mean)
 
         # single-side means, own frames
         k_ma = kern({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa})
