@@ -163,23 +163,29 @@ SAMPLE_BELOW = 5000
 SAMPLES = 5
 
 
-def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count) -> float:
-    """Estimated flops of all orbit contractions of one term pair (plans a few, runs none).
+def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count):
+    """``(contractions, flops)`` of all orbit contractions of one term pair; runs none.
 
-    With few orbits, representatives spread over the orbit list are planned and their mean
-    cost is scaled by the count (the aligned pairing alone is the cheapest and would
-    underestimate); with many, the aligned pairing's cost times the count is a lower bound.
+    With few orbits they are enumerated, exactly-zero pairings dropped (as the executor
+    does), and representatives spread over the rest planned; their mean cost is scaled by the
+    count (the aligned pairing alone is the cheapest and would underestimate). With many, the
+    Burnside count times the aligned pairing's cost is a lower bound.
     """
-    from .contract import pairings, planned
+    from .contract import _vanishing_rule, pairings, planned
 
     la, lb = mode.labels(ta, tb)
     sides = [Side(ta, va, la, out_maps[0]), Side(tb, vb, lb, out_maps[1])]
     if count <= SAMPLE_BELOW:
         reps, _ = pairings(sides, kernel, kind)
+        vanishes = _vanishing_rule(sides, kernel, kind)
+        if vanishes is not None:
+            reps = [r for r in reps if not vanishes(r[2], r[3])]
+        if not reps:
+            return 0, 0.0
         step = max(1, len(reps) // SAMPLES)
         sample = reps[::step][:SAMPLES]
-        flops = [planned(sides, kernel, kind, open_outputs, *r[:1], *r[2:]).flops for r in sample]
-        return count * sum(flops) / len(flops)
+        flops = [planned(sides, kernel, kind, open_outputs, r[0], r[2], r[3]).flops for r in sample]
+        return len(reps), len(reps) * sum(flops) / len(flops)
     if kind == "tensor":
         k = ta.degree + va
         pairs, singles = [((0, i), (1, i)) for i in range(k)], []
@@ -190,7 +196,7 @@ def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode,
         while len(rest) >= 2 and not partial:
             pairs.append((rest.pop(0), rest.pop(0)))
         singles = rest + [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
-    return count * planned(sides, kernel, kind, open_outputs, ("aligned",), pairs, singles).flops
+    return count, count * planned(sides, kernel, kind, open_outputs, ("aligned",), pairs, singles).flops
 
 
 def estimate(
@@ -203,8 +209,9 @@ def estimate(
         for tb in terms_b:
             va, vb = virtual(ta), virtual(tb)
             c = _orbit_count(kind, ta, tb, va, vb, partial)
+            c, f = _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, c)
             n += c
-            flops += _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, c)
+            flops += f
     return n, flops
 
 
