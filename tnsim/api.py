@@ -268,7 +268,7 @@ def similarity(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov
     ...     _ = g.left.weight.copy_(f.right.weight[perm])
     ...     _ = g.right.weight.copy_(f.left.weight[perm])
     ...     _ = g.down.weight.copy_(f.down.weight[:, perm])
-    >>> round(tnsim.similarity(f, g, measure="tensor"), 9)
+    >>> round(tnsim.similarity(f, g, measure="tensor"), 6)  # float32 weights
     1.0
     """
     net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)

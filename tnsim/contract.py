@@ -26,6 +26,7 @@ import torch
 
 from . import paths
 from .errors import UnaffordableError
+from .execute import execute
 from .groups import Perm, bijection_orbits, matching_orbits
 from .term import Term
 
@@ -39,15 +40,23 @@ class Piece:
     ``legs`` names, for each non-batch axis of ``array``, the copy (``'p'`` first, ``'q'``
     second) and the axis of that copy's space. ``batch`` names the leading batch axes
     (``'a'`` and/or ``'b'``: one per side whose model stack the tensor depends on).
+    ``identity`` declares an unbatched identity matrix between one leg of each copy: the
+    doubled network then joins the two legs into one index instead of contracting it.
     """
 
     array: torch.Tensor
     legs: tuple[tuple[str, int], ...]
     batch: tuple[str, ...] = ()
+    identity: bool = False
 
     @property
     def structure(self) -> tuple:
-        return (self.legs, self.batch, tuple(self.array.shape[len(self.batch) :]))
+        return (self.legs, self.batch, tuple(self.array.shape[len(self.batch) :]), self.identity)
+
+    @property
+    def joins(self) -> bool:
+        """An identity between a leg of ``p`` and a leg of ``q`` (contracted by renaming)."""
+        return self.identity and not self.batch and [w for w, _ in self.legs] == ["p", "q"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,9 +158,10 @@ def build_equation(
     """
     eq = Equation([], (), {})
     labels = "ab"
+    rename = _joined_legs(sides, pairs, kernel, open_outputs)
 
     def add(inds, source, shape):
-        inds = tuple(inds)
+        inds = tuple(rename.get(i, i) for i in inds)
         if len(inds) != len(shape):
             raise AssertionError(f"indices {inds} do not fit a tensor of shape {tuple(shape)}")
         # repeated index on one tensor (a pairing of copies that share a position): diagonal
@@ -186,6 +196,8 @@ def build_equation(
 
     def attach(pieces, legs_p, legs_q, tag):
         for pi, piece in enumerate(pieces):
+            if piece.joins:
+                continue  # its two legs were renamed into one index (see _joined_legs)
             inds = batch_inds(piece)
             for who, axis in piece.legs:
                 inds += ((legs_p if who == "p" else legs_q)[axis],)
@@ -224,10 +236,7 @@ def build_equation(
             la, lb = f"a|{oa}", f"b|{ob}"
             k = f"k.{axis}"
             if ma is None and mb is None:
-                # identity: join the two legs with an identity matrix
-                dim = a.term.size_dict[oa]
-                add((la, lb), ("eye", dim), (dim, dim))
-                continue
+                continue  # identity: the two legs were joined into one index (_joined_legs)
             for si, (m, leg) in enumerate(((ma, la), (mb, lb))):
                 if m is None:
                     dim = sides[si].term.size_dict[leg.split("|", 1)[1]]
@@ -236,6 +245,44 @@ def build_equation(
                     add((k, leg), ("map", si, axis), tuple(m.shape))
         eq.output = tuple(batch_out)
     return eq
+
+
+def _joined_legs(sides, pairs, kernel, open_outputs: bool) -> dict[str, str]:
+    """Index renames that replace identity kernel pieces (and identity output joins).
+
+    Each identity piece between a leg of copy ``p`` and a leg of copy ``q`` (and, with closed
+    outputs, each output axis compared without a map) merges its two indices; merged classes
+    (a shared position hyperindex can chain several) are named after their first member.
+    Contracting with :math:`\delta_{ij}` is the same as naming ``i`` and ``j`` alike, and
+    saves the work of multiplying by an identity matrix.
+    """
+    parent: dict[str, str] = {}
+
+    def find(i):
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    def union(i, j):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    labels = "ab"
+    for (si, ci), (sj, cj) in pairs:
+        legs_p, legs_q = _copy_legs(si, sides[si], ci), _copy_legs(sj, sides[sj], cj)
+        for piece in kernel.pair(labels[si], labels[sj]):
+            if piece.joins:
+                (_, ap), (_, aq) = piece.legs
+                union(legs_p[ap], legs_q[aq])
+    if not open_outputs and len(sides) == 2:
+        a, b = sides
+        for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
+            ma = a.out_map[axis] if a.out_map else None
+            mb = b.out_map[axis] if b.out_map else None
+            if ma is None and mb is None:
+                union(f"a|{oa}", f"b|{ob}")
+    return {i: find(i) for i in parent}
 
 
 def _gather(eq: Equation, sides: list[Side], arrays: list[list[torch.Tensor]], kernel, like):
@@ -283,10 +330,20 @@ def _resolve(src, sides, arrays, kernel, like, cache):
 
 
 def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model."""
+    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model.
+
+    An array that occurs several times in the term (one weight on several input copies) is
+    scaled once and returned as one object, so :mod:`tnsim.execute` can share its products.
+    """
     arrays, logs = [], []
-    for x in term.arrays:
-        x = x.to(dtype)
+    done: dict = {}
+    for x0 in term.arrays:
+        if id(x0) in done:
+            y, n = done[id(x0)]
+            arrays.append(y)
+            logs.append(n)
+            continue
+        x = x0.to(dtype)
         if term.batch is None:
             n = torch.linalg.vector_norm(x.to(torch.float64))
             n = torch.where(n > 0, n, torch.ones_like(n))
@@ -297,6 +354,7 @@ def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torc
             n = torch.where(n > 0, n, torch.ones_like(n))
             arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
             logs.append(torch.log(n))
+        done[id(x0)] = (arrays[-1], logs[-1])
     total = torch.stack(logs).sum(0) if logs else torch.zeros((), dtype=torch.float64)
     return arrays, total
 
@@ -361,7 +419,7 @@ def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> 
             f"limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit); use smaller batches "
             "or method='recursive'"
         )
-    return contraction.tree.contract(arrays)
+    return execute(contraction.tree, arrays)
 
 
 def contract_pairings(
