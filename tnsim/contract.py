@@ -345,12 +345,12 @@ def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torc
             continue
         x = x0.to(dtype)
         if term.batch is None:
-            n = torch.linalg.vector_norm(x.to(torch.float64))
+            n = torch.linalg.vector_norm(x, dtype=torch.float64)
             n = torch.where(n > 0, n, torch.ones_like(n))
             arrays.append(x / n.to(dtype))
             logs.append(torch.log(n))
         else:
-            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1).to(torch.float64), dim=1)
+            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=torch.float64)
             n = torch.where(n > 0, n, torch.ones_like(n))
             arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
             logs.append(torch.log(n))
@@ -368,6 +368,7 @@ class Contraction:
 
     equation: Equation
     tree: object
+    sliced: dict = field(default_factory=dict)  # (limit, itemsize) -> sliced tree or None
 
     @property
     def flops(self) -> float:
@@ -409,17 +410,36 @@ def clear_memory_cache() -> None:
     pair_orbits.cache_clear()
 
 
-def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
-    """Execute a planned contraction, refusing one whose largest intermediate is too big."""
+def fitted(contraction: Contraction, itemsize: int):
+    """The tree to execute within the memory limit (:func:`tnsim.paths.memory_limit`).
+
+    The plan's own tree if its largest intermediate fits; otherwise a sliced copy (cotengra
+    loops over the values of the sliced indices) if one fits at an acceptable flop overhead
+    (:func:`tnsim.paths.slice_tree`); otherwise ``None``.
+    """
     limit = paths.memory_limit()
-    need = contraction.max_size * itemsize
-    if limit is not None and need > limit:
+    if limit is None or contraction.max_size * itemsize <= limit:
+        return contraction.tree
+    key = (limit, itemsize, paths.slice_overhead())
+    if key not in contraction.sliced:
+        contraction.sliced[key] = paths.slice_tree(contraction.tree, limit / itemsize)
+    return contraction.sliced[key]
+
+
+def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
+    """Execute a planned contraction; slice it, or refuse it, if it exceeds the memory limit."""
+    tree = fitted(contraction, itemsize)
+    if tree is None:
+        limit = paths.memory_limit()
+        need = contraction.max_size * itemsize
         raise UnaffordableError(
-            f"contraction needs an intermediate of {need / 2**20:.1f} MiB, above the memory "
-            f"limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit); use smaller batches "
-            "or method='recursive'"
+            f"contraction needs an intermediate of {need / 2**20:.1f} MiB "
+            f"({contraction.max_size:.3g} elements), above the memory limit of "
+            f"{limit / 2**20:.1f} MiB (tnsim.set_memory_limit), and slicing cannot bring it "
+            f"under the limit within {paths.slice_overhead()}x the flops; use smaller "
+            "batches, raise the limit or use method='recursive'"
         )
-    return execute(contraction.tree, arrays)
+    return execute(tree, arrays)
 
 
 def contract_pairings(
@@ -485,11 +505,7 @@ def contract_pairings(
             lambda: build_equation(sides, pairs, singles, kernel, open_outputs),
         )
         if stats is not None:
-            stats["contractions"] = stats.get("contractions", 0) + 1
-            stats["flops"] = stats.get("flops", 0.0) + con.flops
-            stats["max_size"] = max(stats.get("max_size", 0.0), con.max_size)
-            if "paths" in stats:
-                stats["paths"].append(con.tree.get_path())
+            _record(stats, con, itemsize)
         if _DRY.get():
             shape = [con.equation.size_dict[i] for i in con.equation.output]
             value = torch.zeros(shape, dtype=torch.float64, device=like.device)
@@ -502,6 +518,24 @@ def contract_pairings(
     if total is None:
         raise AssertionError("no pairings")
     return total
+
+
+def _record(stats: dict, con: Contraction, itemsize: int) -> None:
+    """Add one contraction's cost (as it would run: sliced if need be) to ``stats``."""
+    tree = fitted(con, itemsize)
+    stats["contractions"] = stats.get("contractions", 0) + 1
+    stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), con.max_size)
+    if tree is None:
+        stats["unaffordable"] = stats.get("unaffordable", 0) + 1
+        tree = con.tree
+    elif tree is not con.tree:
+        stats["sliced"] = stats.get("sliced", 0) + 1
+        stats["slices"] = max(stats.get("slices", 1), int(tree.nslices))
+    stats["flops"] = stats.get("flops", 0.0) + float(tree.total_flops())
+    stats["max_size"] = max(stats.get("max_size", 0.0), float(tree.max_size()))
+    stats.setdefault("optimizers", set()).add(paths.optimizer_name(len(con.equation.inputs)))
+    if "paths" in stats:
+        stats["paths"].append(con.tree.get_path())
 
 
 def evaluate_term(term: Term, xs: list[torch.Tensor]) -> torch.Tensor:

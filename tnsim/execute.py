@@ -29,12 +29,13 @@ import contextvars
 
 import torch
 
-__all__ = ["execute", "shared_intermediates", "SHARED_BYTES"]
+__all__ = ["execute", "shared_intermediates", "count_flops", "SHARED_BYTES"]
 
 #: Largest total size (bytes) of intermediates kept for reuse within one context.
 SHARED_BYTES = 2**30
 
 _SHARED: contextvars.ContextVar = contextvars.ContextVar("tnsim_shared", default=None)
+_COUNT: contextvars.ContextVar = contextvars.ContextVar("tnsim_count", default=None)
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -57,6 +58,21 @@ class _Cache:
         if self.bytes + size <= self.limit:
             self.entries[key] = (value, keep)
             self.bytes += size
+
+
+@contextlib.contextmanager
+def count_flops():
+    """Count the multiply-adds actually executed inside the context (shared ones once).
+
+    Yields a dict whose ``"flops"`` entry grows as contractions run (cotengra's measure: the
+    product of the sizes of all indices of each pairwise step).
+    """
+    counter = {"flops": 0.0, "steps": 0}
+    token = _COUNT.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNT.reset(token)
 
 
 @contextlib.contextmanager
@@ -89,6 +105,7 @@ class _Recipe:
         self.patterns: dict = {}
         inputs = [tuple(i) for i in tree.inputs]
         self.leaf_input: dict = {}
+        self.flops: dict = {}
         for p, l, r in tree.traverse():
             self.children[p] = (l, r)
             for c in (l, r):
@@ -101,7 +118,12 @@ class _Recipe:
             self.patterns[p] = _pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p)))
             if p in self.children:
                 l, r = self.children[p]
-                self.equations[p] = _equation(tree.get_inds(l), tree.get_inds(r), tree.get_inds(p))
+                left, right, out = tree.get_inds(l), tree.get_inds(r), tree.get_inds(p)
+                self.flops[p] = float(tree.get_flops(p))
+                if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
+                    self.equations[p] = (_broadcast(left, out), _broadcast(right, out))
+                else:
+                    self.equations[p] = _equation(left, right, out)
         root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
         self.root_inds = root_inds
         out = tuple(tree.output)
@@ -115,6 +137,28 @@ def _pattern(inds: list[tuple], output: tuple) -> tuple:
     names: dict = {}
     canon = tuple(tuple(names.setdefault(i, len(names)) for i in term) for term in inds)
     return canon, tuple(names[i] for i in output)
+
+
+def _broadcast(inds: str, out: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Permutation and view that align an operand with ``out`` for broadcasting."""
+    order = tuple(sorted(range(len(inds)), key=lambda k: out.index(inds[k])))
+    present = set(inds)
+    return order, tuple(i in present for i in out)
+
+
+def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One pairwise contraction: an einsum (GEMM / batched GEMM), or, when no index is summed,
+    a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
+    if isinstance(how, str):
+        return torch.einsum(how, x, y)
+    (ox, kx), (oy, ky) = how
+    x, y = x.permute(ox), y.permute(oy)
+    return x.reshape(_view(x.shape, kx)) * y.reshape(_view(y.shape, ky))
+
+
+def _view(shape, keep) -> tuple[int, ...]:
+    it = iter(shape)
+    return tuple(next(it) if k else 1 for k in keep)
 
 
 def _equation(left: str, right: str, out: str) -> str:
@@ -152,6 +196,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
         )
         return torch.einsum(eq, arrays[0])
     shared = _SHARED.get()
+    counter = _COUNT.get()
     ids = [id(x) for x in arrays]
     keys = {p: (recipe.patterns[p], tuple(ids[i] for i in recipe.leaves[p])) for p in recipe.children}
     seen: dict = {}
@@ -169,7 +214,10 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
         if hit is not None:
             return hit
         l, r = recipe.children[node]
-        value = torch.einsum(recipe.equations[node], compute(l), compute(r))
+        value = _pairwise(recipe.equations[node], compute(l), compute(r))
+        if counter is not None:
+            counter["flops"] += recipe.flops[node]
+            counter["steps"] += 1
         if seen[key] > 1:
             local[key] = value
             if shared is not None:

@@ -48,11 +48,15 @@ from .measures import GaussianMeasure, as_measure
 from .network import Network, stack, unstack
 from .recursive import recursive
 
-__all__ = ["similarity_matrix", "MatrixPlan", "plan_matrix", "default_block_size"]
+__all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
 
-#: Preferred number of models per chunk when memory allows (large enough for efficient GEMMs,
-#: small enough that a square matrix has several chunks to exploit symmetry with).
-TARGET_CHUNK = 32
+#: Default target for the largest intermediate of one block, per device type (bytes). On a
+#: CPU, blocks whose intermediates stay in the last-level cache run several times faster per
+#: flop than one big batched contraction (measured: docs/performance.md); a GPU prefers big
+#: batches. The memory budget (``memory=``) caps both.
+TARGET_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
+#: Fewest models per chunk the default picks (smaller batches waste GEMM efficiency).
+MIN_CHUNK = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,18 +141,29 @@ def _groups(nets: list[Network]) -> list[list[int]]:
     return list(by.values())
 
 
-def default_block_size(n_a: int, n_b: int, symmetric: bool) -> int:
+def default_block_size(n_a: int, n_b: int, symmetric: bool, probe=None, target: float | None = None) -> int:
     """Models per chunk before the memory budget is applied.
 
-    A square matrix is cut into at least two chunks per side (so about a quarter of the pair
-    work is skipped by symmetry) and into chunks of about :data:`TARGET_CHUNK` models beyond.
+    ``probe(size) -> bytes`` gives the largest intermediate of a ``size x size`` block; the
+    size is grown while the largest intermediate stays within ``target`` (default
+    :data:`TARGET_BYTES` for the device), never below :data:`MIN_CHUNK`. A square matrix of
+    at least 8 models is cut into at least two chunks per side so symmetry saves work.
     """
     n = max(n_a, n_b)
-    if symmetric and n >= 8:
-        parts = max(2, math.ceil(n / TARGET_CHUNK))
-    else:
-        parts = max(1, math.ceil(n / TARGET_CHUNK))
-    return max(1, math.ceil(n / parts))
+    cap = math.ceil(n / 2) if symmetric and n >= 8 else n
+    if probe is None or target is None:
+        return cap
+    size = min(cap, MIN_CHUNK)
+    while size < cap:
+        bigger = min(cap, size * 2)
+        if probe(bigger) > target:
+            # intermediates grow like size^2 (pair axes): interpolate once, then stop
+            lo = probe(size)
+            guess = int(size * math.sqrt(target / lo)) if lo > 0 else bigger
+            size = max(size, min(bigger - 1, guess))
+            break
+        size = bigger
+    return size
 
 
 def _split(indices: list[int], size: int) -> list[tuple[int, ...]]:
@@ -169,6 +184,34 @@ def _chunks(nets, groups, size) -> list[Chunk]:
         for rows in _split(idx, size):
             out.append(Chunk(len(out), g, rows, stack([nets[i] for i in rows])))
     return out
+
+
+_BYTES: dict = {}
+
+
+def _spec_key(spec: Spec) -> tuple:
+    m, out = spec.measure, spec.outputs
+    if isinstance(m, GaussianMeasure):
+        mk = ("gaussian", m.mean is None, m.cov is None, m.centred)
+    else:
+        mk = ("tensor",)
+    if out is None:
+        ok = None
+    elif isinstance(out, torch.Tensor) and out.dim() == 2:
+        ok = ("projection", tuple(out.shape))
+    else:
+        ok = ("indices", len(out))
+    return mk, ok, spec.method
+
+
+def _block_bytes_cached(nets_a, rows_a, nets_b, rows_b, spec: Spec) -> float:
+    """:func:`_block_bytes` of the block ``rows_a x rows_b``, remembered per structure."""
+    na, nb = nets_a[rows_a[0]], nets_b[rows_b[0]]
+    key = (na.structure, nb.structure, len(rows_a), len(rows_b), _spec_key(spec), na.dtype, nb.dtype)
+    if key not in _BYTES:
+        sa, sb = stack([nets_a[i] for i in rows_a]), stack([nets_b[i] for i in rows_b])
+        _BYTES[key] = _block_bytes(sa, sb, spec)
+    return _BYTES[key]
 
 
 def _block_bytes(stack_a: Network, stack_b: Network, spec: Spec) -> float:
@@ -217,19 +260,25 @@ def plan_matrix(
         for gb, ib in enumerate(groups_b):
             methods[(ga, gb)] = _resolve_method(method, nets_a[ia[0]], nets_b[ib[0]], meas, outputs)
     budget = paths.memory_limit() if memory is None else float(memory)
-    size = block_size or default_block_size(len(nets_a), len(nets_b), symmetric)
     if block_size is not None and block_size < 1:
         raise ValueError(f"block_size must be a positive number of models, got {block_size}")
+
+    def probe(size: int) -> float:
+        need = 0.0
+        for (ga, gb), m in methods.items():
+            ra, rb = groups_a[ga][:size], groups_b[gb][:size]
+            need = max(need, _block_bytes_cached(nets_a, ra, nets_b, rb, Spec(meas, m, outputs)))
+        return need
+
+    if block_size is None:
+        target = TARGET_BYTES.get(nets_a[0].device.type, TARGET_BYTES["cuda"])
+        target = min(target, budget) if budget is not None else target
+        size = default_block_size(len(nets_a), len(nets_b), symmetric, probe, target)
+    else:
+        size = block_size
     # the largest intermediate grows with the chunk size: shrink until every pair of groups fits
     while True:
-        need, where = 0.0, None
-        for (ga, gb), m in methods.items():
-            ra = groups_a[ga][:size]
-            rb = groups_b[gb][:size]
-            sa, sb = stack([nets_a[i] for i in ra]), stack([nets_b[i] for i in rb])
-            b = _block_bytes(sa, sb, Spec(meas, m, outputs))
-            if b > need:
-                need, where = b, (len(ra), len(rb))
+        need = probe(size)
         if budget is None or need <= budget:
             break
         if size == 1:
@@ -248,6 +297,31 @@ def plan_matrix(
         if not symmetric or i <= j
     ]
     return MatrixPlan(nets_a, nets_b, symmetric, chunks_a, chunks_b, blocks, methods, meas, outputs, size)
+
+
+def matrix_cost(models, models_b=None, **options):
+    """:class:`~tnsim.Cost` of :func:`similarity_matrix` with the same arguments; runs nothing.
+
+    Sums flops and contractions over the blocks that would run (and the per-model norms);
+    ``largest_intermediate`` is the largest of any block.
+    """
+    from .api import _cost_from_stats
+
+    plan = plan_matrix(models, models_b, **options)
+    stats: dict = {"paths": []}
+    with dry_run():
+        chunks = {("a", i) for i, j in plan.blocks if plan.spec(i, j).method == "exact"}
+        if not plan.symmetric:
+            chunks |= {("b", j) for i, j in plan.blocks if plan.spec(i, j).method == "exact"}
+        for side, k in sorted(chunks):
+            chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
+            _norm_scaled(chunk.stack, Spec(plan.measure, "exact", plan.outputs), stats=stats)
+        for i, j in plan.blocks:
+            _block_inner(plan.chunks_a[i].stack, plan.chunks_b[j].stack, plan.spec(i, j), stats=stats)
+    dtype = torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)
+    method = "+".join(sorted(set(plan.methods.values())))
+    return _cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
+                            block_size=plan.block_size)
 
 
 # --- the work of one block (module level: tasks pickle it by reference) --------------------

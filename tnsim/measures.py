@@ -87,10 +87,13 @@ class GaussianMeasure:
             raise ShapeMismatchError(
                 f"mean must be a vector, got shape {tuple(torch.as_tensor(self.mean).shape)}"
             )
+        # decided once here (a host sync for a GPU mean), not in every contraction
+        zero = self.mean is None or not bool(torch.as_tensor(self.mean).any())
+        object.__setattr__(self, "_zero_mean", zero)
 
     @property
     def zero_mean(self) -> bool:
-        return self.mean is None or not bool(torch.as_tensor(self.mean).any())
+        return self._zero_mean
 
     def check(self, d: int) -> None:
         if self.mean is not None and torch.as_tensor(self.mean).shape[0] != d:

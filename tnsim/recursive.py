@@ -330,6 +330,7 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
     ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
     ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
     s_ab = s_aa = s_bb = None
+    odd_a = odd_b = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
     for index, (la, lb) in enumerate(layers):
         sa, sb = _space(la), _space(lb)
         ka, kb = la.degree, lb.degree
@@ -344,7 +345,12 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
                 )
         va = (lambda t: 0) if first else (lambda t: ka - t.degree)
         vb = (lambda t: 0) if first else (lambda t: kb - t.degree)
-        partial = bool(m_a.abs().max() > 0 or m_b.abs().max() > 0)
+        # unpaired copies (means) can contribute unless both inputs are odd functions of a
+        # centred Gaussian (then their means vanish): decided from structure, so no host sync
+        zero_a, zero_b = odd_a and not sa.padded, odd_b and not sb.padded
+        partial = not (zero_a and zero_b)
+        odd_a = zero_a and not la.out_padded and all(t.degree % 2 for t in la.terms)
+        odd_b = zero_b and not lb.out_padded and all(t.degree % 2 for t in lb.terms)
         ra = ("a",) if roles["a"] else ()
 
         def kern(cov, mean, spaces):
