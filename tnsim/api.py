@@ -133,7 +133,7 @@ class Cost:
 def _cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
     from . import paths
 
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     largest = stats.get("max_size", 0.0)
     opts = sorted(stats.get("optimizers", ()))
     return Cost(

@@ -475,7 +475,7 @@ def contract_pairings(
         norm = 1.0
         fixed = [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
     coeff = math.prod(s.term.coeff for s in sides) * norm
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
     total = None
     struct = (

@@ -221,7 +221,7 @@ def _block_bytes(stack_a: Network, stack_b: Network, spec: Spec) -> float:
         _block_inner(stack_a, stack_b, spec, stats=stats)
         if spec.method == "exact":
             _norm_scaled(stack_a, spec, stats=stats)
-    itemsize = torch.empty((), dtype=torch.promote_types(stack_a.dtype, stack_b.dtype)).element_size()
+    itemsize = torch.promote_types(stack_a.dtype, stack_b.dtype).itemsize
     return stats.get("max_size", 0.0) * itemsize
 
 

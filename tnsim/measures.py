@@ -90,10 +90,24 @@ class GaussianMeasure:
         # decided once here (a host sync for a GPU mean), not in every contraction
         zero = self.mean is None or not bool(torch.as_tensor(self.mean).any())
         object.__setattr__(self, "_zero_mean", zero)
+        object.__setattr__(self, "_dense", {})
 
     @property
     def zero_mean(self) -> bool:
         return self._zero_mean
+
+    def dense(self, d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, cov)`` as tensors of ``like``'s dtype and device (zeros / identity when
+        not given), converted once per dtype and device rather than in every contraction."""
+        versions = tuple(x._version if isinstance(x, torch.Tensor) else None for x in (self.mean, self.cov))
+        key = (d, like.dtype, like.device, versions)
+        hit = self._dense.get(key)
+        if hit is None:
+            opts = dict(dtype=like.dtype, device=like.device)
+            mean = torch.zeros(d, **opts) if self.mean is None else torch.as_tensor(self.mean).to(**opts)
+            cov = torch.eye(d, **opts) if self.cov is None else torch.as_tensor(self.cov).to(**opts)
+            hit = self._dense[key] = (mean, cov)
+        return hit
 
     def check(self, d: int) -> None:
         if self.mean is not None and torch.as_tensor(self.mean).shape[0] != d:
@@ -251,16 +265,7 @@ class GaussianKernel:
         measure.check(d)
         self.spaces = {"a": space_a, "b": space_b}
         self.like = like
-        cov = (
-            torch.eye(d, dtype=like.dtype, device=like.device)
-            if measure.cov is None
-            else torch.as_tensor(measure.cov).to(dtype=like.dtype, device=like.device)
-        )
-        mean = (
-            torch.zeros(d, dtype=like.dtype, device=like.device)
-            if measure.mean is None
-            else torch.as_tensor(measure.mean).to(dtype=like.dtype, device=like.device)
-        )
+        mean, cov = measure.dense(d, like)
         self.partial = (not measure.zero_mean) or space_a.padded or space_b.padded
         self._pairs = {}
         for s1, s2 in (("a", "a"), ("a", "b"), ("b", "b")):

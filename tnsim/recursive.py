@@ -29,7 +29,7 @@ import torch
 from .contract import Piece, Scaled
 from .errors import StructureError
 from .exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
-from .measures import GaussianMeasure, Space, TensorMeasure, pad_pieces, selector
+from .measures import GaussianMeasure, Space, TensorMeasure, embedded, pad_pieces
 from .network import Network, compose, pad_input
 
 __all__ = ["recursive", "canonical_chain"]
@@ -134,16 +134,10 @@ def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
 
 def _initial_gaussian(measure: GaussianMeasure, space: Space, other: Space, like):
     """Mean of a copy and covariance between copies of two (possibly differently padded) frames."""
-    d = space.d
-    cov = torch.eye(d, dtype=like.dtype, device=like.device) if measure.cov is None else torch.as_tensor(
-        measure.cov
-    ).to(like)
-    mean = torch.zeros(d, dtype=like.dtype, device=like.device) if measure.mean is None else torch.as_tensor(
-        measure.mean
-    ).to(like)
-    sel, sel_o = selector(space, like), selector(other, like)
-    c = sel.T @ cov @ sel_o
-    m = mean @ sel
+    mean, cov = measure.dense(space.d, like)
+    c = embedded(cov, space, other)  # S^T cov S_o without the (d+1)^3 products
+    m = mean.new_zeros(space.shape[-1])
+    m[int(space.padded) :] = mean
     if space.padded:
         m[0] = 1
     if space.sequence:
@@ -203,8 +197,8 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
     g0 = _initial_tensor(sa0, sb0, like)
     g_aa, g_bb = _initial_tensor(sa0, sa0, like), _initial_tensor(sb0, sb0, like)
     g_ab = g0
-    ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
-    ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
+    ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
+    ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
     roles_aa, roles_bb = (), ()
     for la, lb in layers:
         k = max(la.degree, lb.degree)
@@ -327,8 +321,8 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
     m_b, c_bb = _initial_gaussian(measure, sb0, sb0, like)
     _, c_ab = _initial_gaussian(measure, sa0, sb0, like)
     roles = {"a": (), "b": ()}
-    ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
-    ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
+    ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
+    ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
     s_ab = s_aa = s_bb = None
     odd_a = odd_b = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
     for index, (la, lb) in enumerate(layers):
