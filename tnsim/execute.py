@@ -33,6 +33,8 @@ __all__ = ["execute", "shared_intermediates", "count_flops", "SHARED_BYTES"]
 
 #: Largest total size (bytes) of intermediates kept for reuse within one context.
 SHARED_BYTES = 2**30
+#: Share repeated intermediates (set ``False`` to execute every pairwise step of every tree).
+SHARING = True
 
 _SHARED: contextvars.ContextVar = contextvars.ContextVar("tnsim_shared", default=None)
 _COUNT: contextvars.ContextVar = contextvars.ContextVar("tnsim_count", default=None)
@@ -111,8 +113,7 @@ class _Recipe:
             for c in (l, r):
                 if tree.is_leaf(c):
                     self.leaf_input[c] = int(tree.node_to_input(c))
-        nodes = list(self.children) or [tree.root]
-        for p in nodes:
+        for p in self.children:
             leaves = tuple(sorted(int(i) for i in tree.get_subgraph(p)))
             self.leaves[p] = leaves
             self.patterns[p] = _pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p)))
@@ -195,7 +196,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
             letters[i] for i in tree.output
         )
         return torch.einsum(eq, arrays[0])
-    shared = _SHARED.get()
+    shared = _SHARED.get() if SHARING else None
     counter = _COUNT.get()
     ids = [id(x) for x in arrays]
     keys = {p: (recipe.patterns[p], tuple(ids[i] for i in recipe.leaves[p])) for p in recipe.children}
@@ -208,7 +209,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
         if node not in recipe.children:  # a leaf
             return arrays[recipe.leaf_input[node]]
         key = keys[node]
-        hit = local.get(key)
+        hit = local.get(key) if SHARING else None
         if hit is None and shared is not None:
             hit = shared.get(key)
         if hit is not None:
@@ -218,7 +219,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
         if counter is not None:
             counter["flops"] += recipe.flops[node]
             counter["steps"] += 1
-        if seen[key] > 1:
+        if SHARING and seen[key] > 1:
             local[key] = value
             if shared is not None:
                 shared.put(key, value, tuple(arrays[i] for i in recipe.leaves[node]))

@@ -57,6 +57,8 @@ __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "def
 TARGET_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
 #: Fewest models per chunk the default picks (smaller batches waste GEMM efficiency).
 MIN_CHUNK = 4
+#: Seconds before the progress bar appears (short runs stay quiet).
+PROGRESS_DELAY = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -504,7 +506,7 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
 
     bar = tqdm(
         total=len(plan.blocks), initial=len(plan.blocks) - len(todo), disable=not progress,
-        delay=2.0, desc="similarity blocks", unit="block",
+        delay=PROGRESS_DELAY, desc="similarity blocks", unit="block",
     )
 
     def block_args(i, j):
