@@ -67,6 +67,16 @@ def test_executed_flops_equal_planned_flops_minus_shared_work(monkeypatch):
     assert n["flops"] == pytest.approx(planned)
 
 
+def test_matrix_cost_is_what_the_matrix_runs(monkeypatch):
+    models = [stack2(seed=s) for s in range(5)]
+    kw = dict(measure="gaussian", method="exact", block_size=2)
+    c = tnsim.cost(models, **kw)
+    monkeypatch.setattr(execute, "SHARING", False)
+    with execute.count_flops() as n:
+        tnsim.similarity_matrix(models, progress=False, **kw)
+    assert n["flops"] == pytest.approx(c.flops)
+
+
 def test_matrix_cost(no_contractions):
     models = [bilinear(seed=s) for s in range(5)]
     c = tnsim.cost(models, measure="tensor", method="exact", block_size=2)

@@ -201,22 +201,39 @@ def estimate(
     return n, flops
 
 
+_CHOICES: dict = {}
+
+
 def choose_variants(
     net_a: Network, net_b: Network, kind, kernel, virtual, out_maps, open_outputs=False, mode=Mode()
 ):
-    """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper."""
+    """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper.
+
+    The choice depends on structure only and is remembered per structure (the blocks of a
+    matrix and repeated comparisons of checkpoints skip the estimate).
+    """
     options = [(net_a.terms, net_b.terms)]
     if net_b.raw is not None:
         options.append((net_a.terms, net_b.raw))
     if net_a.raw is not None:
         options.append((net_a.raw, net_b.terms))
-    best = None
-    for ta, tb in options:
-        n, flops = estimate(kind, ta, tb, kernel, virtual, out_maps, open_outputs, mode)
-        score = flops + 2e5 * n  # per-contraction overhead of roughly 0.1 ms
-        if best is None or score < best[0]:
-            best = (score, ta, tb, n, flops)
-    return best[1], best[2], best[3], best[4]
+    key = (
+        kind, net_a.structure, net_b.structure, net_a.batch, net_b.batch, kernel.structure,
+        open_outputs, mode,
+        tuple(tuple(None if m is None else tuple(m.shape) for m in om or ()) for om in out_maps),
+        tuple(virtual(t) for ta, tb in options for t in ta + tb),
+    )
+    hit = _CHOICES.get(key)
+    if hit is None:
+        best = None
+        for i, (ta, tb) in enumerate(options):
+            n, flops = estimate(kind, ta, tb, kernel, virtual, out_maps, open_outputs, mode)
+            score = flops + 2e5 * n  # per-contraction overhead of roughly 0.1 ms
+            if best is None or score < best[0]:
+                best = (score, i, n, flops)
+        hit = _CHOICES[key] = best[1:]
+    i, n, flops = hit
+    return options[i][0], options[i][1], n, flops
 
 
 # --- the exact method ------------------------------------------------------------------------

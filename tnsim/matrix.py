@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -311,15 +311,22 @@ def matrix_cost(models, models_b=None, **options):
 
     plan = plan_matrix(models, models_b, **options)
     stats: dict = {"paths": []}
-    with dry_run():
-        chunks = {("a", i) for i, j in plan.blocks if plan.spec(i, j).method == "exact"}
-        if not plan.symmetric:
-            chunks |= {("b", j) for i, j in plan.blocks if plan.spec(i, j).method == "exact"}
-        for side, k in sorted(chunks):
-            chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
-            _norm_scaled(chunk.stack, Spec(plan.measure, "exact", plan.outputs), stats=stats)
+    with dry_run():  # the same calls as run_plan, planned and costed, contracting nothing
+        norms: dict = {}
         for i, j in plan.blocks:
-            _block_inner(plan.chunks_a[i].stack, plan.chunks_b[j].stack, plan.spec(i, j), stats=stats)
+            if plan.spec(i, j).method != "exact":
+                continue
+            for side, k in (("a", i), ("b", j)):
+                side = "a" if plan.symmetric else side
+                if (side, k) not in norms:
+                    chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
+                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=stats)
+        for i, j in plan.blocks:
+            ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)
+            exact_ = spec.method == "exact"
+            na = norms["a", i] if exact_ else None
+            nb = norms["a" if plan.symmetric else "b", j] if exact_ else None
+            block_task(ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j, stats=stats)
     dtype = torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)
     method = "+".join(sorted(set(plan.methods.values())))
     return _cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
@@ -346,19 +353,73 @@ def norm_task(stack_: Network, spec: Spec) -> Scaled:
         return _norm_scaled(stack_, spec)
 
 
-def block_task(stack_a: Network, stack_b: Network, spec: Spec, norms_a=None, norms_b=None, diagonal=False):
+def _take(net: Network, index: torch.Tensor) -> Network:
+    """The stack of models ``index`` of a stacked network (arrays shared by several tensors
+    stay shared, so their products are still computed once)."""
+    memo: dict = {}
+
+    def pick(x):
+        if id(x) not in memo:
+            memo[id(x)] = x[index]
+        return memo[id(x)]
+
+    def terms(ts):
+        return tuple(t.with_arrays(tuple(pick(x) for x in t.arrays), batch=len(index)) for t in ts)
+
+    return replace(
+        net,
+        terms=terms(net.terms),
+        raw=terms(net.raw) if net.raw is not None else None,
+        layers=tuple(_take(layer, index) for layer in net.layers) if net.layers else None,
+    )
+
+
+def _pick(s: Scaled, index: torch.Tensor) -> Scaled:
+    def sel(x):
+        return x[index] if isinstance(x, torch.Tensor) and x.dim() else x
+
+    return Scaled(s.mantissa[index], sel(s.log_a), sel(s.log_b))
+
+
+def _diagonal_exact(stack_: Network, spec: Spec, norms: Scaled, stats=None) -> torch.Tensor:
+    """A chunk against itself, each unordered pair once: the pairs ``i < j`` form one batch
+    (``diag`` mode: model ``i`` of one stack meets model ``i`` of the other), the diagonal
+    comes from the norms."""
+    n = stack_.batch
+    device = norms.mantissa.device
+    rows, cols = torch.triu_indices(n, n, 1, device=device)
+    value = torch.empty(n, n, dtype=torch.float64, device=device)
+    idx = torch.arange(n, device=device)
+    value[idx, idx] = _cosine(norms, norms, norms)
+    if n > 1:
+        ab = exact(
+            _take(stack_, rows), _take(stack_, cols), spec.measure, spec.outputs, mode=Mode("diag"),
+            stats=stats,
+        )
+        cos = _cosine(ab, _pick(norms, rows), _pick(norms, cols))
+        value[rows, cols] = cos
+        value[cols, rows] = cos
+    return value
+
+
+def block_task(
+    stack_a: Network, stack_b: Network, spec: Spec, norms_a=None, norms_b=None, diagonal=False, stats=None
+):
     """Task: the cosines of one block, shape ``(len(rows), len(cols))``, float64.
 
-    Exact: ``norms_a`` / ``norms_b`` are the chunks' squared norms (computed once per model).
-    Recursive: norms come out of the same propagation. ``diagonal`` blocks (a chunk against
-    itself) are symmetrised from their upper triangle.
+    Exact: ``norms_a`` / ``norms_b`` are the chunks' squared norms (computed once per model);
+    a ``diagonal`` block (a chunk against itself) computes each unordered pair once.
+    Recursive: norms come out of the same propagation; a diagonal block is computed whole and
+    symmetrised from its upper triangle.
     """
     with torch.no_grad(), shared_intermediates():
+        if spec.method == "exact" and diagonal:
+            return _diagonal_exact(stack_a, spec, norms_a, stats)
         if spec.method == "exact":
-            ab = _block_inner(stack_a, stack_b, spec)
+            ab = _block_inner(stack_a, stack_b, spec, stats)
             value = _cosine(ab, norms_a, norms_b)
         else:
-            value = _cosine(*_block_inner(stack_a, stack_b, spec))
+            value = _cosine(*_block_inner(stack_a, stack_b, spec, stats))
     if diagonal:
         upper = torch.triu(value)
         value = upper + torch.triu(value, 1).T

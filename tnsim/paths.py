@@ -59,10 +59,11 @@ def clear_cache(disk: bool = True) -> None:
     The next comparison searches its paths again (a cold start). Deleting the folder
     :func:`cache_dir` by hand has the same effect on disk.
     """
-    from . import contract, matrix
+    from . import contract, exact, matrix
 
     _MEMORY.clear()
     contract.clear_memory_cache()
+    exact._CHOICES.clear()
     matrix._BYTES.clear()
     if disk:
         shutil.rmtree(cache_dir(), ignore_errors=True)
