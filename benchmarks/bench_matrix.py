@@ -42,6 +42,27 @@ from common import (
 )
 
 
+def baseline_loop(rev: str, n: int, threads: int) -> dict:
+    """Per-pair loop with the tnsim of git revision ``rev`` (extracted, run in a subprocess)."""
+    import io
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", rev, "tnsim"], cwd=root, capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as cache:
+        tarfile.open(fileobj=io.BytesIO(archive)).extractall(src, filter="data")
+        env = dict(os.environ, PYTHONPATH=src, TNSIM_CACHE_DIR=cache)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pair_loop.py")
+        out = subprocess.run([sys.executable, script, "--models", str(n), "--threads", str(threads)],
+                             env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=24)
@@ -51,6 +72,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--tag", default=None, help="suffix of the results file name")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="also time the per-pair loop at this git revision (separate process)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +116,9 @@ def main():
             hot.append(timed(lambda: tnsim.similarity_matrix(models, **opts), device))
         pair_cost = tnsim.cost(models[0], models[1], measure="gaussian", method="exact")
 
+    base = None
+    if args.baseline_rev:
+        base = baseline_loop(args.baseline_rev, n, torch.get_num_threads())
     peak = matmul_rate(device)
     h = summary(hot)
     c = summary(closed)
@@ -124,6 +150,10 @@ def main():
         "per_pair_flops": 2 * pair_cost.flops,
         "threads": torch.get_num_threads(),
     }
+    if base is not None:
+        result["baseline_rev"] = args.baseline_rev
+        result["baseline_per_pair_loop_s"] = min(base["times"])
+        result["ratio_baseline_loop_over_matrix"] = min(base["times"]) / h["min"]
     print(f"models {n}, block size {plan.block_size}, blocks {len(plan.blocks)}")
     print(f"similarity_matrix: cold {cold:.3f} s, disk-warm {disk_warm:.3f} s, hot min {h['min']:.3f} s (median {h['median']:.3f})")
     print(f"closed-form einsum: min {c['min']:.3f} s (median {c['median']:.3f})")
@@ -136,6 +166,9 @@ def main():
           f"({2 * cost.flops / 1e9:.2f} planned before sharing) at {result['matrix_flops_per_s'] / 1e9:.1f} GFLOP/s "
           f"= {100 * result['fraction_of_matmul_rate']:.0f}% of the matmul rate; closed form at "
           f"{100 * result['closed_form_fraction_of_matmul_rate']:.0f}%")
+    if base is not None:
+        print(f"per-pair loop at {args.baseline_rev} (separate process): {min(base['times']):.2f} s -> "
+              f"{result['ratio_baseline_loop_over_matrix']:.0f}x the matrix")
     tag = args.tag or f"{device.type}-t{torch.get_num_threads()}"
     save(f"matrix_bar_{tag}", result)
 

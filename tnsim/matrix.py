@@ -10,15 +10,19 @@ How the work is organised:
 
 * **blocks** — models are grouped by structure, groups are cut into chunks of at most
   ``block_size`` models, and each pair of chunks is one block (one batched comparison).
-  ``block_size`` defaults to a size that keeps the largest intermediate of a block within the
-  memory budget (``memory``, default :func:`tnsim.paths.memory_limit`) and, for a square
-  matrix, cuts it into at least two chunks so symmetry can be used;
+  ``block_size`` defaults to the largest size whose largest intermediate stays within a
+  per-device target (:data:`TARGET_BYTES`: cache-sized on a CPU, large on a GPU) and within the
+  memory budget (``memory``, default :func:`tnsim.paths.memory_limit`); a square matrix is cut
+  into at least two chunks so symmetry can be used;
 * **symmetry** — for ``similarity_matrix(models)`` only blocks on and above the diagonal are
-  computed (each unordered pair of chunks once) and mirrored; diagonal blocks are made exactly
-  symmetric from their upper triangle;
+  computed and mirrored; with the exact method a diagonal block (a chunk against itself)
+  batches its pairs :math:`i<j` in one ``diag``-mode contraction, so every unordered pair is
+  computed once (the recursive method computes a diagonal block whole and keeps its upper
+  triangle); the matrix is exactly symmetric;
 * **shared per-model work** — norms :math:`\lVert f_i\rVert` are computed once per model (one
-  batched ``diag`` contraction per chunk), not once per pair; within a block, intermediates
-  that recur across copies, orbits and term pairs are computed once
+  batched ``diag`` contraction per chunk), not once per pair; the variant choice and the
+  contraction paths are found once per structure; within a block, intermediates that recur
+  across copies, orbits and term pairs are computed once
   (:func:`tnsim.execute.shared_intermediates`);
 * **results file** (``results=``) — finished blocks are written as they complete
   (:mod:`tnsim.results`); a rerun with the same file skips them and recomputes only what is

@@ -74,12 +74,15 @@ class _StateTensorKernel:
     kind = "tensor"
     partial = False
 
-    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space):
+    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space,
+                 identity: bool = False):
         self.g, self.roles = g, roles
         self.spaces = {"a": space_a, "b": space_b}
         ra, rb = len(space_a.shape), len(space_b.shape)
-        self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles),)
-        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b)
+        # the input metric of the first layer is often the identity: join legs, skip the d x d
+        identity = identity and not roles and ra == rb == 1
+        self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles, identity=identity),)
+        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b, identity)
 
     def pair(self, s1, s2):
         return self._pair
@@ -94,12 +97,18 @@ class _StateTensorKernel:
 class _StateGaussianKernel:
     kind = "gaussian"
 
-    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool):
+    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool, identity=frozenset()):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial
         self._pairs = {}
+        # covariances declared the identity (the first layer's unit covariance) join legs
+        identity = frozenset(
+            k for k in identity
+            if not cov[k][1] and len(spaces[k[0]].shape) == len(spaces[k[1]].shape) == 1
+        )
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
-            self._pairs[(s1, s2)] = (Piece(c, _legs(r1, "p") + _legs(r2, "q"), roles),)
+            piece = Piece(c, _legs(r1, "p") + _legs(r2, "q"), roles, identity=(s1, s2) in identity)
+            self._pairs[(s1, s2)] = (piece,)
         self._singles = {
             s: (Piece(m, _legs(len(spaces[s].shape), "p"), roles),) for s, (m, roles) in mean.items()
         }
@@ -109,6 +118,7 @@ class _StateGaussianKernel:
             tuple(sorted((k, roles, tuple(m.shape[len(roles) :])) for k, (m, roles) in mean.items())),
             tuple(sorted(spaces.items())),
             partial,
+            tuple(sorted(identity)),
         )
 
     def pair(self, s1, s2):
@@ -194,6 +204,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
     ba, bb = net_a.batch, net_b.batch
     roles_ab: tuple[str, ...] = ()  # the input metric is the same for every model
     sa0, sb0 = _space(layers[0][0]), _space(layers[0][1])
+    first = [True]  # the input metric is the identity between frames padded alike
     g0 = _initial_tensor(sa0, sb0, like)
     g_aa, g_bb = _initial_tensor(sa0, sa0, like), _initial_tensor(sb0, sb0, like)
     g_ab = g0
@@ -212,7 +223,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         virtual = lambda t: k - t.degree  # noqa: E731
 
         def step(x, y, g, roles, mode, sx, sy):
-            kern = _StateTensorKernel(g, roles, sx, sy)
+            kern = _StateTensorKernel(g, roles, sx, sy, identity=first[0] and sx.padded == sy.padded)
             tx, ty, _, _ = choose_variants(
                 x, y, "tensor", kern, virtual, (None, None), open_outputs=True, mode=mode
             )
@@ -246,6 +257,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         roles_aa = ("a",) if ba else ()
         roles_bb = ("a",) if bb else ()
         roles_ab = tuple(r for r, b in (("a", ba), ("b", bb)) if b)
+        first[0] = False
         g_aa, g_bb, g_ab = g_aa.to(dtype), g_bb.to(dtype), g_ab.to(dtype)
     last_a, last_b = layers[-1]
     maps_a = output_maps(last_a, outputs, like)
@@ -348,7 +360,10 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         ra = ("a",) if roles["a"] else ()
 
         def kern(cov, mean, spaces):
-            return _StateGaussianKernel(cov, mean, spaces, partial)
+            # first layer, unit covariance: the covariance between unpadded frames is I
+            unit = first and measure.cov is None
+            ident = {k for k in cov if unit and not spaces[k[0]].padded and not spaces[k[1]].padded}
+            return _StateGaussianKernel(cov, mean, spaces, partial, frozenset(ident))
 
         # single-side means, own frames
         k_ma = kern({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa})
