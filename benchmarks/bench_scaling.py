@@ -163,7 +163,12 @@ def main():
                 if method == "exact" and not exact_ok:
                     row[f"{method}_{measure}_s"] = None  # orbit enumeration alone is out of reach
                     continue
-                c = tnsim.cost(a, b, measure=measure, method=method)
+                try:
+                    c = tnsim.cost(a, b, measure=measure, method=method)
+                except tnsim.UnaffordableError as err:  # refused before allocating
+                    row[f"{method}_{measure}_s"] = None
+                    row[f"{method}_{measure}_refused"] = str(err)
+                    continue
                 row[f"{method}_{measure}_flops"] = c.flops
                 row[f"{method}_{measure}_contractions"] = c.contractions
                 if c.contractions > 5000 or c.flops > 5e11:

@@ -134,3 +134,23 @@ def test_paths_persist_on_disk_and_a_warm_start_skips_the_search(tmp_path, monke
     assert not tnsim.cache_dir().exists()
     monkeypatch.undo()
     tnsim.clear_cache(disk=False)
+
+
+def test_dense_states_over_the_limit_are_refused_before_allocation(limit):
+    """The recursive method keeps a dense (n d) x (n d) state for sequences: over the memory
+    limit it is refused by cost() and by a run, naming the shape, instead of exhausting memory."""
+    from tnsim.term import Term
+
+    def seq(seed):
+        g = torch.Generator().manual_seed(seed)
+        arrays = (torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64),
+                  torch.randn(5, 8, generator=g, dtype=torch.float64), torch.ones(32, dtype=torch.float64))
+        term = Term((("o", "h"), ("h", "i"), ("h", "j"), ("t",)), arrays, (("t", "i"), ("t", "j")), ("t", "o"))
+        return tnsim.Network((term,), (32, 8), (32, 3))
+
+    a, b = seq(1), seq(2)
+    limit(1e5)
+    for run in (tnsim.cost, tnsim.similarity):
+        with pytest.raises(tnsim.UnaffordableError, match=r"\(32, 8, 32, 8\).*MiB"):
+            run(a, b, method="recursive")
+    assert tnsim.cost(a, b, method="exact").fits  # the exact method joins the positions instead

@@ -30,7 +30,7 @@ from .errors import (
 from .matrix import similarity_matrix
 from .measures import GaussianMeasure, TensorMeasure
 from .network import Network, add, compose, stack, unstack
-from .paths import cache_dir, clear_cache, set_memory_limit
+from .paths import cache_dir, clear_cache, memory_limit, set_memory_limit
 from .term import Term, cp_term
 
 __version__ = "0.1.0"
@@ -61,6 +61,7 @@ __all__ = [
     "cache_dir",
     "clear_cache",
     "set_memory_limit",
+    "memory_limit",
     "EXACT_BUDGET_FLOPS",
     "EXACT_BUDGET_CONTRACTIONS",
     "TnsimError",

@@ -508,6 +508,7 @@ def contract_pairings(
             _record(stats, con, itemsize)
         if _DRY.get():
             shape = [con.equation.size_dict[i] for i in con.equation.output]
+            paths.check_allocation(shape, 8, "a contraction's result")
             value = torch.zeros(shape, dtype=torch.float64, device=like.device)
             total = value if total is None else total + value
             continue

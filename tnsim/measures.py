@@ -229,6 +229,9 @@ class TensorKernel:
             self._pair = (Piece(m, (("p", 0), ("q", 0)), identity=True),)
         elif both:
             n = space_a.shape[0]
+            from .paths import check_allocation
+
+            check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize, "the padded sequence metric")
             eye = torch.eye(n, dtype=like.dtype, device=like.device)
             dense = torch.einsum("ts,ij->tisj", eye, m)
             dense[:, 0, :, 0] = 1

@@ -90,6 +90,22 @@ def memory_limit() -> float | None:
     return float(env) if env else 4 * 2**30
 
 
+def check_allocation(shape, itemsize: int, what: str) -> None:
+    """Raise :class:`~tnsim.errors.UnaffordableError` before allocating a dense array of
+    ``shape`` that exceeds the memory limit (states and metrics built outside contractions)."""
+    from .errors import UnaffordableError
+
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    limit = memory_limit()
+    if limit is not None and numel * itemsize > limit:
+        raise UnaffordableError(
+            f"{what} of shape {tuple(int(s) for s in shape)} needs {numel * itemsize / 2**20:.1f} MiB, "
+            f"above the memory limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit)"
+        )
+
+
 def slice_overhead() -> float | None:
     """Largest flop overhead accepted for slicing (``None``: slicing is off)."""
     return _SLICE[0]

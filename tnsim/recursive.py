@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from . import paths
 from .contract import Piece, Scaled
 from .errors import StructureError
 from .exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
@@ -139,6 +140,9 @@ def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
     if len(pieces) == 1 and len(pieces[0].legs) == len(space_a.shape) + len(space_b.shape):
         return pieces[0].array
     eye, m = pieces[0].array, pieces[1].array
+    n = eye.shape[0]
+    paths.check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize,
+                           "the recursive method's dense input metric for sequences")
     return torch.einsum("ts,ij->tisj", eye, m)
 
 
@@ -152,6 +156,8 @@ def _initial_gaussian(measure: GaussianMeasure, space: Space, other: Space, like
         m[0] = 1
     if space.sequence:
         n = space.shape[0]
+        paths.check_allocation((n, c.shape[0], n, c.shape[1]), like.dtype.itemsize,
+                               "the recursive method's dense input covariance for sequences")
         c = torch.einsum("ts,ij->tisj", torch.eye(n, dtype=like.dtype, device=like.device), c)
         m = m.expand(n, -1).clone()
     return m, c
