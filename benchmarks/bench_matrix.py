@@ -25,10 +25,6 @@ import argparse
 import tempfile
 
 import torch
-
-import tnsim
-from tnsim.execute import count_flops
-
 from common import (
     bar_models,
     closed_form_matrix,
@@ -40,6 +36,9 @@ from common import (
     summary,
     timed,
 )
+
+import tnsim
+from tnsim.execute import count_flops
 
 
 def baseline_loop(rev: str, n: int, threads: int) -> dict:

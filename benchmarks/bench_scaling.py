@@ -18,9 +18,9 @@ import math
 import time
 
 import torch
+from common import bar_models, closed_form_matrix, command, device_name, save, timed
 
 import tnsim
-from common import bar_models, closed_form_matrix, command, device_name, save, timed
 from tnsim.term import Term
 
 
@@ -157,7 +157,11 @@ def main():
     out: dict = {"device": device_name(dev), "threads": torch.get_num_threads()}
 
     def pair_point(a, b, exact_ok=True, **extra):
+        """Time pair similarities of compiled networks (compilation is timed separately)."""
         row = dict(extra)
+        if isinstance(a, torch.nn.Module):
+            row["compile_s"] = best(lambda: (tnsim.compile(a), tnsim.compile(b)), r)
+            a, b = tnsim.compile(a), tnsim.compile(b)
         for method in ("exact", "recursive"):
             for measure in ("gaussian", "tensor"):
                 if method == "exact" and not exact_ok:
@@ -252,7 +256,21 @@ def main():
         rows.append(row)
     out["checkpoints"] = rows
 
-    # 6. Monte Carlo to 1e-3 vs exact, for one pair of performance-bar models
+    # 6. block size: one matrix of the 24 bar models, every unordered block pair
+    rows = []
+    for bs in [24, 12, 8, 6, 4]:
+        models = pool[:24]
+        c = tnsim.cost(models, measure="gaussian", method="exact", block_size=bs)
+        rows.append({
+            "block_size": bs, "blocks": c.blocks, "flops": c.flops,
+            "largest_intermediate_bytes": c.largest_intermediate_bytes,
+            "exact_s": best(lambda: tnsim.similarity_matrix(models, measure="gaussian", method="exact",
+                                                            block_size=bs, progress=False), r),
+        })
+        print(rows[-1])
+    out["block_size"] = rows
+
+    # 7. Monte Carlo to 1e-3 vs exact, for one pair of performance-bar models
     a, b = pool[0], pool[1]
     cos, n, secs, se = monte_carlo(a, b)
     exact_s = best(lambda: tnsim.similarity(a, b, method="exact"), r)

@@ -13,9 +13,9 @@ import json
 import time
 
 import torch
+from common import bar_models
 
 import tnsim
-from common import bar_models
 
 
 def main():

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .contract import Scaled
-from .errors import StructureError, UnaffordableError
+from .errors import UnaffordableError
 from .exact import Mode, choose_variants, exact, make_kernel, output_maps, prepare
 from .measures import TensorMeasure, as_measure
-from .network import Network, stack
+from .network import Network
 from .recursive import recursive
 
 __all__ = [

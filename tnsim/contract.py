@@ -253,7 +253,7 @@ def _joined_legs(sides, pairs, kernel, open_outputs: bool) -> dict[str, str]:
     Each identity piece between a leg of copy ``p`` and a leg of copy ``q`` (and, with closed
     outputs, each output axis compared without a map) merges its two indices; merged classes
     (a shared position hyperindex can chain several) are named after their first member.
-    Contracting with :math:`\delta_{ij}` is the same as naming ``i`` and ``j`` alike, and
+    Contracting with :math:`\\delta_{ij}` is the same as naming ``i`` and ``j`` alike, and
     saves the work of multiplying by an identity matrix.
     """
     parent: dict[str, str] = {}

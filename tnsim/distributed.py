@@ -61,7 +61,7 @@ def run_tasks(
         n = sum(executor.nthreads().values()) if hasattr(executor, "nthreads") else 2
     elif isinstance(executor, cf.Executor):
         wait = cf.wait
-        submit = lambda args: executor.submit(fn, *args)  # noqa: E731
+        submit = lambda args: executor.submit(fn, *args)
         n = getattr(executor, "_max_workers", 2) or 2
     else:
         raise TypeError(

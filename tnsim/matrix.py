@@ -61,6 +61,8 @@ __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "def
 TARGET_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
 #: Fewest models per chunk the default picks (smaller batches waste GEMM efficiency).
 MIN_CHUNK = 4
+#: Fewest pairs batched together in a diagonal block (more when the block is larger).
+PAIRS_PER_BATCH = 32
 #: Seconds before the progress bar appears (short runs stay quiet).
 PROGRESS_DELAY = 2.0
 
@@ -395,14 +397,13 @@ def _diagonal_exact(stack_: Network, spec: Spec, norms: Scaled, stats=None) -> t
     value = torch.empty(n, n, dtype=torch.float64, device=device)
     idx = torch.arange(n, device=device)
     value[idx, idx] = _cosine(norms, norms, norms)
-    if n > 1:
-        ab = exact(
-            _take(stack_, rows), _take(stack_, cols), spec.measure, spec.outputs, mode=Mode("diag"),
-            stats=stats,
-        )
-        cos = _cosine(ab, _pick(norms, rows), _pick(norms, cols))
-        value[rows, cols] = cos
-        value[cols, rows] = cos
+    per = max(n, PAIRS_PER_BATCH)  # pairs per batch: intermediates no bigger than a block's
+    for start in range(0, len(rows), per):
+        r, c = rows[start : start + per], cols[start : start + per]
+        ab = exact(_take(stack_, r), _take(stack_, c), spec.measure, spec.outputs, mode=Mode("diag"), stats=stats)
+        cos = _cosine(ab, _pick(norms, r), _pick(norms, c))
+        value[r, c] = cos
+        value[c, r] = cos
     return value
 
 
