@@ -42,7 +42,7 @@ from .network import (
     unstack,
 )
 from .parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
-from .paths import cache_dir, clear_cache, set_memory_limit
+from .paths import cache_dir, clear_cache, memory_limit, set_memory_limit
 from .spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
 from .symmetry import find_symmetries, with_symmetries
 from .term import Term, cp_term
@@ -93,6 +93,7 @@ __all__ = [
     "cache_dir",
     "clear_cache",
     "set_memory_limit",
+    "memory_limit",
     "EXACT_BUDGET_FLOPS",
     "EXACT_BUDGET_CONTRACTIONS",
     "TnsimError",

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .contract import Scaled
-from .errors import StructureError, UnaffordableError
+from .errors import UnaffordableError
 from .exact import Mode, choose_variants, exact, make_kernel, output_maps, prepare
 from .measures import TensorMeasure, as_measure
-from .network import Network, stack
+from .network import Network
 from .recursive import recursive
 
 __all__ = [
@@ -56,26 +56,43 @@ def as_network(x, example_input=None) -> Network:
 
 @dataclass
 class Cost:
-    """What a comparison costs, computed without contracting anything.
+    r"""What a comparison costs, computed without contracting anything.
 
     Attributes
     ----------
     flops
-        Total floating point operations over all contractions (cotengra's count).
+        Multiply-adds over all contractions (cotengra's count: for each pairwise step the
+        product of the sizes of all its indices; a floating point operation count is about
+        twice this). Includes the overhead of any slicing.
     largest_intermediate
-        Elements of the largest intermediate tensor of any contraction.
+        Elements of the largest tensor any contraction creates (as it would run).
     largest_intermediate_bytes
         The same in bytes for the models' dtype.
     width
-        :math:`\\log_2` of ``largest_intermediate`` (cotengra's contraction width).
+        :math:`\log_2` of ``largest_intermediate`` (cotengra's contraction width).
     contractions
-        Number of doubled networks contracted (after symmetry deduplication).
+        Number of doubled networks contracted, after symmetry deduplication (one per orbit of
+        pairings per term pair, plus the norms; for a matrix, summed over blocks).
     method, measure
         What was costed.
     optimizer
-        How paths were found.
+        How the paths were found (cotengra's exhaustive ``optimal`` search up to
+        :data:`tnsim.paths.OPTIMAL_CUTOFF` tensors, random-greedy above), and whether the disk
+        cache (:func:`tnsim.cache_dir`) makes them free next time.
     paths
-        The contraction path of each distinct doubled network (pairs of positions).
+        The contraction path of each contraction (pairs of positions, cotengra's format).
+    memory_limit
+        The limit in force (bytes, :func:`tnsim.set_memory_limit`).
+    sliced
+        Contractions that exceed the limit and would be sliced to fit (their flops and
+        intermediates above are the sliced ones).
+    fits
+        ``False`` if some contraction exceeds the limit even after slicing: running it raises
+        :class:`~tnsim.errors.UnaffordableError`.
+    unsliced_largest_intermediate
+        Elements of the largest intermediate without slicing.
+    blocks, block_size
+        For a matrix (:func:`cost` of lists of models): blocks computed and models per chunk.
     """
 
     flops: float
@@ -85,8 +102,56 @@ class Cost:
     contractions: int
     method: str
     measure: str
-    optimizer: str = "cotengra: optimal (<=10 tensors) / greedy hyper-search"
+    optimizer: str = ""
     paths: list = field(default_factory=list, repr=False)
+    memory_limit: float | None = None
+    sliced: int = 0
+    fits: bool = True
+    unsliced_largest_intermediate: float = 0.0
+    blocks: int = 1
+    block_size: int | None = None
+
+    def __repr__(self) -> str:
+        mib = self.largest_intermediate_bytes / 2**20
+        parts = [
+            f"flops={self.flops:.3g}",
+            f"largest_intermediate={self.largest_intermediate:.3g} ({mib:.3g} MiB)",
+            f"width={self.width:.1f}",
+            f"contractions={self.contractions}",
+            f"method={self.method!r}",
+            f"measure={self.measure!r}",
+        ]
+        if self.blocks != 1 or self.block_size is not None:
+            parts.append(f"blocks={self.blocks}, block_size={self.block_size}")
+        if self.sliced:
+            parts.append(f"sliced={self.sliced}")
+        if not self.fits:
+            parts.append("fits=False")
+        return "Cost(" + ", ".join(parts) + ")"
+
+
+def _cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
+    from . import paths
+
+    itemsize = dtype.itemsize
+    largest = stats.get("max_size", 0.0)
+    opts = sorted(stats.get("optimizers", ()))
+    return Cost(
+        flops=stats.get("flops", 0.0),
+        largest_intermediate=largest,
+        largest_intermediate_bytes=largest * itemsize,
+        width=math.log2(largest) if largest > 0 else 0.0,
+        contractions=stats.get("contractions", 0),
+        method=method,
+        measure=measure,
+        optimizer="; ".join(opts) + f"; paths cached on disk under {paths.cache_dir()}",
+        paths=stats.get("paths", []),
+        memory_limit=paths.memory_limit(),
+        sliced=stats.get("sliced", 0),
+        fits=not stats.get("unaffordable", 0),
+        unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
+        **extra,
+    )
 
 
 @dataclass
@@ -225,8 +290,10 @@ def _cosine(ab: Scaled, aa: Scaled, bb: Scaled) -> torch.Tensor:
     m_ab = ab.mantissa.to(torch.float64)
     dev = m_ab.device
 
-    def t(x):
-        return torch.as_tensor(x, dtype=torch.float64).to(dev)
+    def t(x):  # on the mantissa's device without a host round trip
+        if isinstance(x, torch.Tensor):
+            return x.to(device=dev, dtype=torch.float64)
+        return torch.full((), float(x), dtype=torch.float64, device=dev)
 
     ma, mb = torch.clamp(t(aa.mantissa), min=0), torch.clamp(t(bb.mantissa), min=0)
     la, lb = t(ab.log_a), t(ab.log_b)
@@ -268,7 +335,7 @@ def similarity(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov
     ...     _ = g.left.weight.copy_(f.right.weight[perm])
     ...     _ = g.right.weight.copy_(f.left.weight[perm])
     ...     _ = g.down.weight.copy_(f.down.weight[:, perm])
-    >>> round(tnsim.similarity(f, g, measure="tensor"), 9)
+    >>> round(tnsim.similarity(f, g, measure="tensor"), 6)  # float32 weights
     1.0
     """
     net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
@@ -285,17 +352,8 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
     stats: dict = {}
     ab, aa, bb = _similarity_scaled(net_a, net_b, meas, method, outputs, stats)
     value = float(_cosine(ab, aa, bb))
-    itemsize = torch.empty((), dtype=torch.promote_types(net_a.dtype, net_b.dtype)).element_size()
-    largest = stats.get("max_size", 0.0)
-    c = Cost(
-        flops=stats.get("flops", 0.0),
-        largest_intermediate=largest,
-        largest_intermediate_bytes=largest * itemsize,
-        width=math.log2(largest) if largest > 0 else 0.0,
-        contractions=stats.get("contractions", 0),
-        method=method,
-        measure=meas.describe(),
-    )
+    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
+    c = _cost_from_stats(stats, method, meas.describe(), dtype)
     na, nb = float(aa.value()), float(bb.value())
     return Comparison(
         value=value,
@@ -308,9 +366,34 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
     )
 
 
-def cost(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=None, outputs=None,
-         centred: bool = False, example_input=None) -> Cost:
-    """Plan every contraction of ``similarity(a, b, ...)`` and report its cost; runs none."""
+def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
+         outputs=None, centred: bool = False, example_input=None, **matrix_options) -> Cost:
+    """Plan every contraction of ``similarity(a, b, ...)`` and report its cost; runs none.
+
+    With lists of models, ``cost(models)`` / ``cost(models_a, models_b)`` costs
+    :func:`tnsim.similarity_matrix` instead (same blocks, same options, e.g. ``block_size``,
+    ``memory``). Paths are searched (or read from the disk cache) as for a real run, so a
+    later run starts warm; no tensor is contracted.
+
+    Examples
+    --------
+    >>> import torch, tnsim
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> f, g = tnsim.nn.Bilinear(4, 6, 3), tnsim.nn.Bilinear(4, 6, 3)
+    >>> c = tnsim.cost(f, g, measure="gaussian", method="exact")
+    >>> c.contractions, c.fits
+    (6, True)
+    """
+    if isinstance(a, (list, tuple)):
+        from .matrix import matrix_cost
+
+        return matrix_cost(a, b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
+                           centred=centred, example_input=example_input, **matrix_options)
+    if matrix_options:
+        raise TypeError(f"unexpected options {sorted(matrix_options)} (they apply to lists of models)")
+    if b is None:
+        raise TypeError("cost(a, b) compares two models; pass a list to cost a matrix")
     from .contract import dry_run
 
     net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
@@ -318,15 +401,5 @@ def cost(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
     stats: dict = {"paths": []}
     with dry_run():
         _similarity_scaled(net_a, net_b, meas, method, outputs, stats)
-    itemsize = torch.empty((), dtype=torch.promote_types(net_a.dtype, net_b.dtype)).element_size()
-    largest = stats.get("max_size", 0.0)
-    return Cost(
-        flops=stats.get("flops", 0.0),
-        largest_intermediate=largest,
-        largest_intermediate_bytes=largest * itemsize,
-        width=math.log2(largest) if largest > 0 else 0.0,
-        contractions=stats.get("contractions", 0),
-        method=method,
-        measure=meas.describe(),
-        paths=stats.get("paths", []),
-    )
+    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
+    return _cost_from_stats(stats, method, meas.describe(), dtype)

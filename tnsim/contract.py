@@ -26,6 +26,7 @@ import torch
 
 from . import paths
 from .errors import UnaffordableError
+from .execute import execute
 from .groups import Perm, bijection_orbits, matching_orbits
 from .term import Term
 
@@ -42,15 +43,23 @@ class Piece:
     ``legs`` names, for each non-batch axis of ``array``, the copy (``'p'`` first, ``'q'``
     second) and the axis of that copy's space. ``batch`` names the leading batch axes
     (``'a'`` and/or ``'b'``: one per side whose model stack the tensor depends on).
+    ``identity`` declares an unbatched identity matrix between one leg of each copy: the
+    doubled network then joins the two legs into one index instead of contracting it.
     """
 
     array: torch.Tensor
     legs: tuple[tuple[str, int], ...]
     batch: tuple[str, ...] = ()
+    identity: bool = False
 
     @property
     def structure(self) -> tuple:
-        return (self.legs, self.batch, tuple(self.array.shape[len(self.batch) :]))
+        return (self.legs, self.batch, tuple(self.array.shape[len(self.batch) :]), self.identity)
+
+    @property
+    def joins(self) -> bool:
+        """An identity between a leg of ``p`` and a leg of ``q`` (contracted by renaming)."""
+        return self.identity and not self.batch and [w for w, _ in self.legs] == ["p", "q"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,9 +171,10 @@ def build_equation(
     """
     eq = Equation([], (), {})
     labels = "ab"
+    rename = _joined_legs(sides, pairs, kernel, open_outputs)
 
     def add(inds, source, shape):
-        inds = tuple(inds)
+        inds = tuple(rename.get(i, i) for i in inds)
         if len(inds) != len(shape):
             raise AssertionError(f"indices {inds} do not fit a tensor of shape {tuple(shape)}")
         # repeated index on one tensor (a pairing of copies that share a position): diagonal
@@ -199,6 +209,8 @@ def build_equation(
 
     def attach(pieces, legs_p, legs_q, tag):
         for pi, piece in enumerate(pieces):
+            if piece.joins:
+                continue  # its two legs were renamed into one index (see _joined_legs)
             inds = batch_inds(piece)
             for who, axis in piece.legs:
                 inds += ((legs_p if who == "p" else legs_q)[axis],)
@@ -241,10 +253,7 @@ def build_equation(
             la, lb = f"a|{oa}", f"b|{ob}"
             k = f"k.{axis}"
             if ma is None and mb is None:
-                # identity: join the two legs with an identity matrix
-                dim = a.term.size_dict[oa]
-                add((la, lb), ("eye", dim), (dim, dim))
-                continue
+                continue  # identity: the two legs were joined into one index (_joined_legs)
             for si, (m, leg) in enumerate(((ma, la), (mb, lb))):
                 if m is None:
                     dim = sides[si].term.size_dict[leg.split("|", 1)[1]]
@@ -253,6 +262,44 @@ def build_equation(
                     add((k, leg), ("map", si, axis), tuple(m.shape))
         eq.output = tuple(batch_out)
     return eq
+
+
+def _joined_legs(sides, pairs, kernel, open_outputs: bool) -> dict[str, str]:
+    """Index renames that replace identity kernel pieces (and identity output joins).
+
+    Each identity piece between a leg of copy ``p`` and a leg of copy ``q`` (and, with closed
+    outputs, each output axis compared without a map) merges its two indices; merged classes
+    (a shared position hyperindex can chain several) are named after their first member.
+    Contracting with :math:`\\delta_{ij}` is the same as naming ``i`` and ``j`` alike, and
+    saves the work of multiplying by an identity matrix.
+    """
+    parent: dict[str, str] = {}
+
+    def find(i):
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    def union(i, j):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    labels = "ab"
+    for (si, ci), (sj, cj) in pairs:
+        legs_p, legs_q = _copy_legs(si, sides[si], ci), _copy_legs(sj, sides[sj], cj)
+        for piece in kernel.pair(labels[si], labels[sj]):
+            if piece.joins:
+                (_, ap), (_, aq) = piece.legs
+                union(legs_p[ap], legs_q[aq])
+    if not open_outputs and len(sides) == 2:
+        a, b = sides
+        for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
+            ma = a.out_map[axis] if a.out_map else None
+            mb = b.out_map[axis] if b.out_map else None
+            if ma is None and mb is None:
+                union(f"a|{oa}", f"b|{ob}")
+    return {i: find(i) for i in parent}
 
 
 def _gather(eq: Equation, sides: list[Side], arrays: list[list[torch.Tensor]], kernel, like):
@@ -300,20 +347,31 @@ def _resolve(src, sides, arrays, kernel, like, cache):
 
 
 def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model."""
+    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model.
+
+    An array that occurs several times in the term (one weight on several input copies) is
+    scaled once and returned as one object, so :mod:`tnsim.execute` can share its products.
+    """
     arrays, logs = [], []
-    for x in term.arrays:
-        x = x.to(dtype)
+    done: dict = {}
+    for x0 in term.arrays:
+        if id(x0) in done:
+            y, n = done[id(x0)]
+            arrays.append(y)
+            logs.append(n)
+            continue
+        x = x0.to(dtype)
         if term.batch is None:
-            n = torch.linalg.vector_norm(x.to(torch.float64))
+            n = torch.linalg.vector_norm(x, dtype=torch.float64)
             n = torch.where(n > 0, n, torch.ones_like(n))
             arrays.append(x / n.to(dtype))
             logs.append(torch.log(n))
         else:
-            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1).to(torch.float64), dim=1)
+            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=torch.float64)
             n = torch.where(n > 0, n, torch.ones_like(n))
             arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
             logs.append(torch.log(n))
+        done[id(x0)] = (arrays[-1], logs[-1])
     total = torch.stack(logs).sum(0) if logs else torch.zeros((), dtype=torch.float64)
     return arrays, total
 
@@ -327,6 +385,7 @@ class Contraction:
 
     equation: Equation
     tree: object
+    sliced: dict = field(default_factory=dict)  # (limit, itemsize) -> sliced tree or None
 
     @property
     def flops(self) -> float:
@@ -368,17 +427,36 @@ def clear_memory_cache() -> None:
     pair_orbits.cache_clear()
 
 
-def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
-    """Execute a planned contraction, refusing one whose largest intermediate is too big."""
+def fitted(contraction: Contraction, itemsize: int):
+    """The tree to execute within the memory limit (:func:`tnsim.paths.memory_limit`).
+
+    The plan's own tree if its largest intermediate fits; otherwise a sliced copy (cotengra
+    loops over the values of the sliced indices) if one fits at an acceptable flop overhead
+    (:func:`tnsim.paths.slice_tree`); otherwise ``None``.
+    """
     limit = paths.memory_limit()
-    need = contraction.max_size * itemsize
-    if limit is not None and need > limit:
+    if limit is None or contraction.max_size * itemsize <= limit:
+        return contraction.tree
+    key = (limit, itemsize, paths.slice_overhead())
+    if key not in contraction.sliced:
+        contraction.sliced[key] = paths.slice_tree(contraction.tree, limit / itemsize)
+    return contraction.sliced[key]
+
+
+def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
+    """Execute a planned contraction; slice it, or refuse it, if it exceeds the memory limit."""
+    tree = fitted(contraction, itemsize)
+    if tree is None:
+        limit = paths.memory_limit()
+        need = contraction.max_size * itemsize
         raise UnaffordableError(
-            f"contraction needs an intermediate of {need / 2**20:.1f} MiB, above the memory "
-            f"limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit); use smaller batches "
-            "or method='recursive'"
+            f"contraction needs an intermediate of {need / 2**20:.1f} MiB "
+            f"({contraction.max_size:.3g} elements), above the memory limit of "
+            f"{limit / 2**20:.1f} MiB (tnsim.set_memory_limit), and slicing cannot bring it "
+            f"under the limit within {paths.slice_overhead()}x the flops; use smaller "
+            "batches, raise the limit or use method='recursive'"
         )
-    return contraction.tree.contract(arrays)
+    return execute(tree, arrays)
 
 
 def pairings(sides: list[Side], kernel, kind: str):
@@ -453,7 +531,7 @@ def contract_pairings(
     reps, norm = pairings(sides, kernel, kind)
     coeff = math.prod(s.term.coeff for s in sides) * norm
     vanishes = _vanishing_rule(sides, kernel, kind)
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
     total = None
     for rep, size, pairs, singles in reps:
@@ -461,13 +539,10 @@ def contract_pairings(
             continue
         con = planned(sides, kernel, kind, open_outputs, rep, pairs, singles)
         if stats is not None:
-            stats["contractions"] = stats.get("contractions", 0) + 1
-            stats["flops"] = stats.get("flops", 0.0) + con.flops
-            stats["max_size"] = max(stats.get("max_size", 0.0), con.max_size)
-            if "paths" in stats:
-                stats["paths"].append(con.tree.get_path())
+            _record(stats, con, itemsize)
         if _DRY.get():
             shape = [con.equation.size_dict[i] for i in con.equation.output]
+            paths.check_allocation(shape, 8, "a contraction's result")
             value = torch.zeros(shape, dtype=torch.float64, device=like.device)
             total = value if total is None else total + value
             continue
@@ -482,16 +557,37 @@ def contract_pairings(
     return total
 
 
+def _record(stats: dict, con: Contraction, itemsize: int) -> None:
+    """Add one contraction's cost (as it would run: sliced if need be) to ``stats``."""
+    tree = fitted(con, itemsize)
+    stats["contractions"] = stats.get("contractions", 0) + 1
+    stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), con.max_size)
+    if tree is None:
+        stats["unaffordable"] = stats.get("unaffordable", 0) + 1
+        tree = con.tree
+    elif tree is not con.tree:
+        stats["sliced"] = stats.get("sliced", 0) + 1
+        stats["slices"] = max(stats.get("slices", 1), int(tree.nslices))
+    stats["flops"] = stats.get("flops", 0.0) + float(tree.total_flops())
+    stats["max_size"] = max(stats.get("max_size", 0.0), float(tree.max_size()))
+    stats.setdefault("optimizers", set()).add(paths.optimizer_name(len(con.equation.inputs)))
+    if "paths" in stats:
+        stats["paths"].append(con.tree.get_path())
+
+
 def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
     """Per copy of a term on a padded space: ``(uses constant, uses real features)``.
 
     Read off the one tensor carrying the copy's feature leg (``False`` only when that slice is
     exactly zero for every model of a stack, e.g. the embedding :func:`~tnsim.network.pad_input`
     puts on a copy); ``(True, True)`` when the leg is shared or several tensors carry it.
+    Reading values synchronises with the device, so the result is stored on the term
+    (``Term.support``) and carried over by :func:`~tnsim.network.stack`: a matrix of stacked
+    checkpoints reads it once per model, never inside its block loop. Meta tensors (no values)
+    get the conservative answer.
     """
-    cached = term.__dict__.get("_support")
-    if cached is not None:
-        return cached
+    if term.support is not None:
+        return term.support
     off = 0 if term.batch is None else 1
     out = []
     for legs in term.copies:
@@ -500,12 +596,13 @@ def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
         const = real = True
         if len(hold) == 1 and term.inds[hold[0]].count(f) == 1:
             x = term.arrays[hold[0]]
-            ax = term.inds[hold[0]].index(f) + off
-            const = bool(x.narrow(ax, 0, 1).any())
-            real = bool(x.narrow(ax, 1, x.shape[ax] - 1).any())
+            if x.device.type != "meta":
+                ax = term.inds[hold[0]].index(f) + off
+                const = bool(x.narrow(ax, 0, 1).any())
+                real = bool(x.narrow(ax, 1, x.shape[ax] - 1).any())
         out.append((const, real))
     out = tuple(out)
-    object.__setattr__(term, "_support", out)
+    object.__setattr__(term, "support", out)
     return out
 
 

@@ -75,7 +75,7 @@ def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor
 def _log_shape(la, lb, mode: Mode):
     """Split term log-scales into the (log_a, log_b) layout of :class:`Scaled`."""
     if mode.kind == "diag":
-        return la + lb, torch.zeros((), dtype=torch.float64)
+        return la + lb, torch.zeros((), dtype=torch.float64, device=la.device)
     return la, lb
 
 
@@ -103,16 +103,18 @@ def sum_term_pairs(
     ``terms_b=None`` computes a single-side Gaussian expectation (means). Returns a
     :class:`Scaled` whose per-model logs are the largest log-norm over each side's terms.
     """
+    device = terms_a[0].arrays[0].device if terms_a and terms_a[0].arrays else None
+
     def prep(terms):
         out = []
         for t in terms:
-            arrs, ls = normalised(t, dtype) if normalise else (list(t.arrays), torch.zeros((), dtype=torch.float64))
+            arrs, ls = normalised(t, dtype) if normalise else (list(t.arrays), torch.zeros((), dtype=torch.float64, device=device))
             out.append((t, arrs, ls.to(t.arrays[0].device) if t.arrays else ls))
         ref = torch.stack([ls for _, _, ls in out]).amax(0)
         return out, ref
 
     pa, ref_a = prep(terms_a)
-    pb, ref_b = prep(terms_b) if terms_b is not None else ([None], torch.zeros((), dtype=torch.float64))
+    pb, ref_b = prep(terms_b) if terms_b is not None else ([None], torch.zeros((), dtype=torch.float64, device=device))
     total = None
     for ta, arr_a, ls_a in pa:
         for item in pb:
@@ -142,7 +144,7 @@ def sum_term_pairs(
             total = value if total is None else total + value
     la, lb = _log_shape(ref_a, ref_b, mode)
     if terms_b is None:
-        return Scaled(total, ref_a, torch.zeros((), dtype=torch.float64))
+        return Scaled(total, ref_a, torch.zeros((), dtype=torch.float64, device=total.device))
     return Scaled(total, la, lb)
 
 
@@ -215,22 +217,39 @@ def estimate(
     return n, flops
 
 
+_CHOICES: dict = {}
+
+
 def choose_variants(
     net_a: Network, net_b: Network, kind, kernel, virtual, out_maps, open_outputs=False, mode=Mode()
 ):
-    """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper."""
+    """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper.
+
+    The choice depends on structure only and is remembered per structure (the blocks of a
+    matrix and repeated comparisons of checkpoints skip the estimate).
+    """
     options = [(net_a.terms, net_b.terms)]
     if net_b.raw is not None:
         options.append((net_a.terms, net_b.raw))
     if net_a.raw is not None:
         options.append((net_a.raw, net_b.terms))
-    best = None
-    for ta, tb in options:
-        n, flops = estimate(kind, ta, tb, kernel, virtual, out_maps, open_outputs, mode)
-        score = flops + 2e5 * n  # per-contraction overhead of roughly 0.1 ms
-        if best is None or score < best[0]:
-            best = (score, ta, tb, n, flops)
-    return best[1], best[2], best[3], best[4]
+    key = (
+        kind, net_a.structure, net_b.structure, net_a.batch, net_b.batch, kernel.structure,
+        open_outputs, mode,
+        tuple(tuple(None if m is None else tuple(m.shape) for m in om or ()) for om in out_maps),
+        tuple(virtual(t) for ta, tb in options for t in ta + tb),
+    )
+    hit = _CHOICES.get(key)
+    if hit is None:
+        best = None
+        for i, (ta, tb) in enumerate(options):
+            n, flops = estimate(kind, ta, tb, kernel, virtual, out_maps, open_outputs, mode)
+            score = flops + 2e5 * n  # per-contraction overhead of roughly 0.1 ms
+            if best is None or score < best[0]:
+                best = (score, i, n, flops)
+        hit = _CHOICES[key] = best[1:]
+    i, n, flops = hit
+    return options[i][0], options[i][1], n, flops
 
 
 # --- the exact method ------------------------------------------------------------------------
@@ -262,12 +281,29 @@ def prepare(net_a: Network, net_b: Network, measure) -> tuple[Network, Network, 
     return net_a, net_b, dtype
 
 
+_KERNELS: dict = {}
+
+
 def make_kernel(measure, net_a: Network, net_b: Network, like: torch.Tensor):
+    """The measure's kernel between the two input frames (reused while nothing changed).
+
+    Kernels hold ``(d+1) x (d+1)`` matrices; the few most recent are kept, keyed by the
+    measure object, its tensors' version counters (in-place edits invalidate), the frames,
+    dtype and device, so the many comparisons of a matrix build them once.
+    """
     sa = Space(tuple(net_a.in_shape), net_a.in_padded)
     sb = Space(tuple(net_b.in_shape), net_b.in_padded)
-    if isinstance(measure, TensorMeasure):
-        return TensorKernel(sa, sb, like)
-    return GaussianKernel(measure, sa, sb, like)
+    tensors = (getattr(measure, "mean", None), getattr(measure, "cov", None))
+    versions = tuple(x._version if isinstance(x, torch.Tensor) else None for x in tensors)
+    key = (id(measure), versions, sa, sb, like.dtype, like.device)
+    hit = _KERNELS.get(key)
+    if hit is not None and hit[0] is measure:
+        return hit[1]
+    kernel = TensorKernel(sa, sb, like) if isinstance(measure, TensorMeasure) else GaussianKernel(measure, sa, sb, like)
+    if len(_KERNELS) >= 8:
+        _KERNELS.pop(next(iter(_KERNELS)))
+    _KERNELS[key] = (measure, kernel)
+    return kernel
 
 
 def exact(

@@ -1,29 +1,495 @@
-"""Similarity matrices over many models (checkpoints x checkpoints heat-maps)."""
+r"""Similarity matrices over many models: checkpoint x checkpoint heat-maps at hardware speed.
+
+:func:`similarity_matrix` computes :math:`S_{ij} = \langle f_i, g_j\rangle /
+(\lVert f_i\rVert\,\lVert g_j\rVert)` for all pairs as *batched* contractions: the models of a
+block are stacked, and the model index becomes a batch index of the doubled network, so
+cotengra plans one contraction per orbit whose pairwise steps are large (batched) GEMMs
+(for example the Gram matrix :math:`W_a W_b^\top` of every pair of embeddings at once).
+
+How the work is organised:
+
+* **blocks** — models are grouped by structure, groups are cut into chunks of at most
+  ``block_size`` models, and each pair of chunks is one block (one batched comparison).
+  ``block_size`` defaults to the largest size whose largest intermediate stays within a
+  per-device target (:data:`TARGET_BYTES`: cache-sized on a CPU, large on a GPU) and within the
+  memory budget (``memory``, default :func:`tnsim.paths.memory_limit`); a square matrix is cut
+  into at least two chunks so symmetry can be used;
+* **symmetry** — for ``similarity_matrix(models)`` only blocks on and above the diagonal are
+  computed and mirrored; with the exact method a diagonal block (a chunk against itself)
+  batches its pairs :math:`i<j` in one ``diag``-mode contraction, so every unordered pair is
+  computed once (the recursive method computes a diagonal block whole and keeps its upper
+  triangle); the matrix is exactly symmetric;
+* **shared per-model work** — norms :math:`\lVert f_i\rVert` are computed once per model (one
+  batched ``diag`` contraction per chunk), not once per pair; the variant choice and the
+  contraction paths are found once per structure; within a block, intermediates that recur
+  across copies, orbits and term pairs are computed once
+  (:func:`tnsim.execute.shared_intermediates`);
+* **results file** (``results=``) — finished blocks are written as they complete
+  (:mod:`tnsim.results`); a rerun with the same file skips them and recomputes only what is
+  missing;
+* **executor** (``executor=``) — blocks run as tasks on a ``dask.distributed.Client`` or any
+  ``concurrent.futures.Executor`` (:mod:`tnsim.distributed`); results are identical to a local
+  run because every block is computed by the same function from the same inputs;
+* **devices** — everything is created on the models' device and stays there: no host
+  round trips inside the loop over blocks (unless a results file is written, which copies each
+  finished block to the host once).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, replace
+
 import torch
 
-from .api import _cosine, _resolve_method, as_network, similarity
+from .api import _cosine, _resolve_method, as_network
+from .contract import Scaled, dry_run
+from .errors import StructureError, UnaffordableError
 from .exact import Mode, exact
-from .measures import GaussianMeasure, TensorMeasure, as_measure
-from .network import stack
+from .execute import shared_intermediates
+from .measures import GaussianMeasure, as_measure
+from .network import Network, stack, unstack
 from .recursive import recursive
 
-__all__ = ["similarity_matrix"]
+__all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
+
+#: Default target for the largest intermediate of one block, per device type (bytes). On a
+#: CPU, blocks whose intermediates stay in the last-level cache run several times faster per
+#: flop than one big batched contraction (measured: docs/performance.md); a GPU prefers big
+#: batches. The memory budget (``memory=``) caps both.
+TARGET_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
+#: Fewest models per chunk the default picks (smaller batches waste GEMM efficiency).
+MIN_CHUNK = 4
+#: Fewest pairs batched together in a diagonal block (more when the block is larger).
+PAIRS_PER_BATCH = 32
+#: Seconds before the progress bar appears (short runs stay quiet).
+PROGRESS_DELAY = 2.0
 
 
-def similarity_matrix(models, models_b=None, *, measure="gaussian", method: str = "auto",
-                      mean=None, cov=None, outputs=None, centred: bool = False,
-                      example_input=None, **baseline_options) -> torch.Tensor:
-    """Matrix of similarities, shape ``(N, N)`` (or ``(N_a, N_b)`` with a second list).
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """Models ``rows`` (indices into one side's list), all of one structure, stacked."""
 
-    ``measure`` is ``"tensor"``, ``"gaussian"`` (or a measure object), or the name of a
-    baseline metric from :mod:`tnsim.baselines` (extra keyword arguments go to it).
+    index: int
+    group: int
+    rows: tuple[int, ...]
+    stack: Network
 
-    Models of identical structure (checkpoints of one run) are stacked and compared in batched
-    contractions (the model index is a batch index of the doubled network); otherwise pairs are
-    computed one by one.
+
+@dataclass(frozen=True)
+class Spec:
+    """What every block computes (pickled to workers with each task)."""
+
+    measure: object
+    method: str
+    outputs: object
+
+
+@dataclass(eq=False)
+class MatrixPlan:
+    """How :func:`similarity_matrix` will compute a matrix (see :func:`plan_matrix`).
+
+    Attributes
+    ----------
+    chunks_a, chunks_b
+        The chunks of each side (``chunks_b is chunks_a`` for a square matrix).
+    blocks
+        Pairs ``(i, j)`` of chunk indices computed (``i <= j`` when symmetric).
+    methods
+        Method per pair of structure groups.
+    block_size
+        Largest number of models per chunk.
+    """
+
+    nets_a: list
+    nets_b: list
+    symmetric: bool
+    chunks_a: list
+    chunks_b: list
+    blocks: list
+    methods: dict
+    measure: object
+    outputs: object
+    block_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.nets_a), len(self.nets_b)
+
+    @property
+    def device(self) -> torch.device:
+        return self.nets_a[0].device
+
+    def spec(self, i: int, j: int) -> Spec:
+        ga, gb = self.chunks_a[i].group, self.chunks_b[j].group
+        return Spec(self.measure, self.methods[(ga, gb)], self.outputs)
+
+
+def _as_list(models, example_input) -> list[Network]:
+    if isinstance(models, Network):
+        if models.batch is None:
+            raise StructureError(
+                "similarity_matrix takes a list of models (or one stacked network), got a single "
+                f"unstacked network {models.name}"
+            )
+        return [unstack(models, i) for i in range(models.batch)]
+    nets = [as_network(m, example_input) for m in models]
+    for n in nets:
+        if n.batch is not None:
+            raise StructureError(f"{n.name} is a stack; pass the models as a list instead")
+    return nets
+
+
+def _groups(nets: list[Network]) -> list[list[int]]:
+    """Indices of the models, grouped by structure (in order of first appearance)."""
+    by: dict = {}
+    for i, n in enumerate(nets):
+        by.setdefault(n.structure, []).append(i)
+    return list(by.values())
+
+
+def default_block_size(n_a: int, n_b: int, symmetric: bool, probe=None, target: float | None = None) -> int:
+    """Models per chunk before the memory budget is applied.
+
+    ``probe(size) -> bytes`` gives the largest intermediate of a ``size x size`` block; the
+    size is grown while the largest intermediate stays within ``target`` (default
+    :data:`TARGET_BYTES` for the device), never below :data:`MIN_CHUNK`. A square matrix of
+    at least 8 models is cut into at least two chunks per side so symmetry saves work.
+    """
+    n = max(n_a, n_b)
+    cap = math.ceil(n / 2) if symmetric and n >= 8 else n
+    if probe is None or target is None:
+        return cap
+    size = min(cap, MIN_CHUNK)
+    while size < cap:
+        bigger = min(cap, size * 2)
+        if probe(bigger) > target:
+            # intermediates grow like size^2 (pair axes): interpolate once, then stop
+            lo = probe(size)
+            guess = int(size * math.sqrt(target / lo)) if lo > 0 else bigger
+            size = max(size, min(bigger - 1, guess))
+            break
+        size = bigger
+    return size
+
+
+def _split(indices: list[int], size: int) -> list[tuple[int, ...]]:
+    """Balanced consecutive chunks of at most ``size`` models."""
+    parts = max(1, math.ceil(len(indices) / size))
+    base, extra = divmod(len(indices), parts)
+    out, start = [], 0
+    for p in range(parts):
+        stop = start + base + (1 if p < extra else 0)
+        out.append(tuple(indices[start:stop]))
+        start = stop
+    return out
+
+
+def _chunks(nets, groups, size) -> list[Chunk]:
+    out = []
+    for g, idx in enumerate(groups):
+        for rows in _split(idx, size):
+            out.append(Chunk(len(out), g, rows, stack([nets[i] for i in rows])))
+    return out
+
+
+_BYTES: dict = {}
+
+
+def _spec_key(spec: Spec) -> tuple:
+    m, out = spec.measure, spec.outputs
+    if isinstance(m, GaussianMeasure):
+        mk = ("gaussian", m.mean is None, m.cov is None, m.centred)
+    else:
+        mk = ("tensor",)
+    if out is None:
+        ok = None
+    elif isinstance(out, torch.Tensor) and out.dim() == 2:
+        ok = ("projection", tuple(out.shape))
+    else:
+        ok = ("indices", len(out))
+    return mk, ok, spec.method
+
+
+def _block_bytes_cached(nets_a, rows_a, nets_b, rows_b, spec: Spec) -> float:
+    """:func:`_block_bytes` of the block ``rows_a x rows_b``, remembered per structure."""
+    na, nb = nets_a[rows_a[0]], nets_b[rows_b[0]]
+    key = (na.structure, nb.structure, len(rows_a), len(rows_b), _spec_key(spec), na.dtype, nb.dtype)
+    if key not in _BYTES:
+        sa, sb = stack([nets_a[i] for i in rows_a]), stack([nets_b[i] for i in rows_b])
+        _BYTES[key] = _block_bytes(sa, sb, spec)
+    return _BYTES[key]
+
+
+def _block_bytes(stack_a: Network, stack_b: Network, spec: Spec) -> float:
+    """Largest intermediate (bytes) of one block and of its norms, planned, not run."""
+    stats: dict = {}
+    with dry_run():
+        _block_inner(stack_a, stack_b, spec, stats=stats)
+        if spec.method == "exact":
+            _norm_scaled(stack_a, spec, stats=stats)
+    itemsize = torch.promote_types(stack_a.dtype, stack_b.dtype).itemsize
+    return stats.get("max_size", 0.0) * itemsize
+
+
+def plan_matrix(
+    models,
+    models_b=None,
+    *,
+    measure="gaussian",
+    method: str = "auto",
+    mean=None,
+    cov=None,
+    outputs=None,
+    centred: bool = False,
+    example_input=None,
+    block_size: int | None = None,
+    memory: float | None = None,
+) -> MatrixPlan:
+    """Compile the models and decide chunks, blocks and methods; contracts nothing.
+
+    ``block_size`` (models per chunk) is shrunk until the largest intermediate of a block fits
+    in ``memory`` bytes (default: :func:`tnsim.paths.memory_limit`); if even one model per
+    chunk does not fit, :class:`~tnsim.errors.UnaffordableError` says how much it needs.
+    """
+    from . import paths
+
+    meas = as_measure(measure, mean, cov, centred)
+    symmetric = models_b is None
+    nets_a = _as_list(models, example_input)
+    nets_b = nets_a if symmetric else _as_list(models_b, example_input)
+    if not nets_a or not nets_b:
+        raise ValueError("similarity_matrix needs at least one model on each side")
+    groups_a = _groups(nets_a)
+    groups_b = groups_a if symmetric else _groups(nets_b)
+    methods = {}
+    for ga, ia in enumerate(groups_a):
+        for gb, ib in enumerate(groups_b):
+            methods[(ga, gb)] = _resolve_method(method, nets_a[ia[0]], nets_b[ib[0]], meas, outputs)
+    budget = paths.memory_limit() if memory is None else float(memory)
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be a positive number of models, got {block_size}")
+
+    def probe(size: int) -> float:
+        need = 0.0
+        for (ga, gb), m in methods.items():
+            ra, rb = groups_a[ga][:size], groups_b[gb][:size]
+            need = max(need, _block_bytes_cached(nets_a, ra, nets_b, rb, Spec(meas, m, outputs)))
+        return need
+
+    if block_size is None:
+        target = TARGET_BYTES.get(nets_a[0].device.type, TARGET_BYTES["cuda"])
+        target = min(target, budget) if budget is not None else target
+        size = default_block_size(len(nets_a), len(nets_b), symmetric, probe, target)
+    else:
+        size = block_size
+    # the largest intermediate grows with the chunk size: shrink until every pair of groups fits
+    while True:
+        need = probe(size)
+        if budget is None or need <= budget:
+            break
+        if size == 1:
+            raise UnaffordableError(
+                f"one pair of models needs an intermediate of {need / 2**20:.1f} MiB, above the "
+                f"memory budget of {budget / 2**20:.1f} MiB (memory=, or tnsim.set_memory_limit); "
+                "raise the budget or use method='recursive'"
+            )
+        size = max(1, min(size - 1, int(size * math.sqrt(budget / need))))
+    chunks_a = _chunks(nets_a, groups_a, size)
+    chunks_b = chunks_a if symmetric else _chunks(nets_b, groups_b, size)
+    blocks = [
+        (i, j)
+        for i in range(len(chunks_a))
+        for j in range(len(chunks_b))
+        if not symmetric or i <= j
+    ]
+    return MatrixPlan(nets_a, nets_b, symmetric, chunks_a, chunks_b, blocks, methods, meas, outputs, size)
+
+
+def matrix_cost(models, models_b=None, **options):
+    """:class:`~tnsim.Cost` of :func:`similarity_matrix` with the same arguments; runs nothing.
+
+    Sums flops and contractions over the blocks that would run (and the per-model norms);
+    ``largest_intermediate`` is the largest of any block.
+    """
+    from .api import _cost_from_stats
+
+    plan = plan_matrix(models, models_b, **options)
+    stats: dict = {"paths": []}
+    with dry_run():  # the same calls as run_plan, planned and costed, contracting nothing
+        norms: dict = {}
+        for i, j in plan.blocks:
+            if plan.spec(i, j).method != "exact":
+                continue
+            for side, k in (("a", i), ("b", j)):
+                side = "a" if plan.symmetric else side
+                if (side, k) not in norms:
+                    chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
+                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=stats)
+        for i, j in plan.blocks:
+            ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)
+            exact_ = spec.method == "exact"
+            na = norms["a", i] if exact_ else None
+            nb = norms["a" if plan.symmetric else "b", j] if exact_ else None
+            block_task(ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j, stats=stats)
+    dtype = torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)
+    method = "+".join(sorted(set(plan.methods.values())))
+    return _cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
+                            block_size=plan.block_size)
+
+
+# --- the work of one block (module level: tasks pickle it by reference) --------------------
+
+
+def _block_inner(stack_a: Network, stack_b: Network, spec: Spec, stats=None):
+    if spec.method == "exact":
+        return exact(stack_a, stack_b, spec.measure, spec.outputs, stats=stats)
+    return recursive(stack_a, stack_b, spec.measure, spec.outputs, stats=stats)
+
+
+def _norm_scaled(stack_: Network, spec: Spec, stats=None) -> Scaled:
+    """Squared norms of a chunk's models (a batched ``diag`` contraction)."""
+    return exact(stack_, stack_, spec.measure, spec.outputs, mode=Mode("diag"), stats=stats)
+
+
+def norm_task(stack_: Network, spec: Spec) -> Scaled:
+    """Task: the squared norms of one chunk (exact method)."""
+    with torch.no_grad(), shared_intermediates():
+        return _norm_scaled(stack_, spec)
+
+
+def _take(net: Network, index: torch.Tensor) -> Network:
+    """The stack of models ``index`` of a stacked network (arrays shared by several tensors
+    stay shared, so their products are still computed once)."""
+    memo: dict = {}
+
+    def pick(x):
+        if id(x) not in memo:
+            memo[id(x)] = x[index]
+        return memo[id(x)]
+
+    def terms(ts):
+        # a subset of a stack reads no more coordinates than the stack: keep its support
+        return tuple(
+            replace(t.with_arrays(tuple(pick(x) for x in t.arrays), batch=len(index)), support=t.support)
+            for t in ts
+        )
+
+    return replace(
+        net,
+        terms=terms(net.terms),
+        raw=terms(net.raw) if net.raw is not None else None,
+        layers=tuple(_take(layer, index) for layer in net.layers) if net.layers else None,
+    )
+
+
+def _pick(s: Scaled, index: torch.Tensor) -> Scaled:
+    def sel(x):
+        return x[index] if isinstance(x, torch.Tensor) and x.dim() else x
+
+    return Scaled(s.mantissa[index], sel(s.log_a), sel(s.log_b))
+
+
+def _diagonal_exact(stack_: Network, spec: Spec, norms: Scaled, stats=None) -> torch.Tensor:
+    """A chunk against itself, each unordered pair once: the pairs ``i < j`` form one batch
+    (``diag`` mode: model ``i`` of one stack meets model ``i`` of the other), the diagonal
+    comes from the norms."""
+    n = stack_.batch
+    device = norms.mantissa.device
+    rows, cols = torch.triu_indices(n, n, 1, device=device)
+    value = torch.empty(n, n, dtype=torch.float64, device=device)
+    idx = torch.arange(n, device=device)
+    value[idx, idx] = _cosine(norms, norms, norms)
+    per = max(n, PAIRS_PER_BATCH)  # pairs per batch: intermediates no bigger than a block's
+    for start in range(0, len(rows), per):
+        r, c = rows[start : start + per], cols[start : start + per]
+        ab = exact(_take(stack_, r), _take(stack_, c), spec.measure, spec.outputs, mode=Mode("diag"), stats=stats)
+        cos = _cosine(ab, _pick(norms, r), _pick(norms, c))
+        value[r, c] = cos
+        value[c, r] = cos
+    return value
+
+
+def block_task(
+    stack_a: Network, stack_b: Network, spec: Spec, norms_a=None, norms_b=None, diagonal=False, stats=None
+):
+    """Task: the cosines of one block, shape ``(len(rows), len(cols))``, float64.
+
+    Exact: ``norms_a`` / ``norms_b`` are the chunks' squared norms (computed once per model);
+    a ``diagonal`` block (a chunk against itself) computes each unordered pair once.
+    Recursive: norms come out of the same propagation; a diagonal block is computed whole and
+    symmetrised from its upper triangle.
+    """
+    with torch.no_grad(), shared_intermediates():
+        if spec.method == "exact" and diagonal:
+            return _diagonal_exact(stack_a, spec, norms_a, stats)
+        if spec.method == "exact":
+            ab = _block_inner(stack_a, stack_b, spec, stats)
+            value = _cosine(ab, norms_a, norms_b)
+        else:
+            value = _cosine(*_block_inner(stack_a, stack_b, spec, stats))
+    if diagonal:
+        upper = torch.triu(value)
+        value = upper + torch.triu(value, 1).T
+    return value
+
+
+def _local(x, device):
+    """Bring a task's result to the matrix's device (remote workers return host tensors)."""
+    if isinstance(x, Scaled):
+        return Scaled(_local(x.mantissa, device), _local(x.log_a, device), _local(x.log_b, device))
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+# --- the public function -------------------------------------------------------------------
+
+
+def similarity_matrix(
+    models,
+    models_b=None,
+    *,
+    measure="gaussian",
+    method: str = "auto",
+    mean=None,
+    cov=None,
+    outputs=None,
+    centred: bool = False,
+    example_input=None,
+    block_size: int | None = None,
+    memory: float | None = None,
+    executor=None,
+    progress: bool = True,
+    results=None,
+    **baseline_options,
+) -> torch.Tensor:
+    r"""Matrix of similarities, shape ``(N, N)`` (or ``(N_a, N_b)`` with a second list).
+
+    Parameters
+    ----------
+    models, models_b
+        Lists of modules or networks (or one stacked :class:`~tnsim.Network` each). Without
+        ``models_b`` the matrix is square and symmetric and only half of it is computed.
+    measure, method, mean, cov, outputs, centred, example_input
+        As in :func:`tnsim.similarity`. ``measure`` may also name a baseline metric of
+        :mod:`tnsim.baselines` (extra keyword arguments go to it).
+    block_size
+        Models per chunk (default: see :func:`default_block_size`, shrunk to fit ``memory``).
+    memory
+        Budget in bytes for the largest intermediate of one block (default
+        :func:`tnsim.paths.memory_limit`, 4 GiB unless set).
+    executor
+        A ``dask.distributed.Client`` or ``concurrent.futures.Executor`` to run blocks on.
+    progress
+        Show a tqdm progress bar over blocks (it appears only once a run has taken 2 s).
+    results
+        Path of a results file: finished blocks are saved as they complete and skipped when
+        the same computation is run again (see :mod:`tnsim.results`).
+
+    Returns
+    -------
+    torch.Tensor
+        float64, on the models' device.
 
     Examples
     --------
@@ -31,8 +497,9 @@ def similarity_matrix(models, models_b=None, *, measure="gaussian", method: str 
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <...>
     >>> ms = [tnsim.nn.Bilinear(4, 6, 3) for _ in range(3)]
-    >>> tnsim.similarity_matrix(ms, measure="tensor").shape
-    torch.Size([3, 3])
+    >>> M = tnsim.similarity_matrix(ms, measure="tensor")
+    >>> M.shape, bool((M == M.T).all())
+    (torch.Size([3, 3]), True)
     """
     if isinstance(measure, str) and measure not in ("tensor", "gaussian"):
         from . import baselines
@@ -40,32 +507,104 @@ def similarity_matrix(models, models_b=None, *, measure="gaussian", method: str 
         return baselines.matrix(measure, models, models_b, **baseline_options)
     if baseline_options:
         raise TypeError(f"unexpected options {sorted(baseline_options)} for measure {measure!r}")
-    meas = as_measure(measure, mean, cov, centred)
-    nets_a = [as_network(m, example_input) for m in models]
-    nets_b = nets_a if models_b is None else [as_network(m, example_input) for m in models_b]
-    if not nets_a or not nets_b:
-        raise ValueError("similarity_matrix needs at least one model on each side")
-    same_a = all(n.structure == nets_a[0].structure for n in nets_a)
-    same_b = all(n.structure == nets_b[0].structure for n in nets_b)
-    if same_a and same_b:
-        sa = stack(nets_a)
-        sb = sa if models_b is None else stack(nets_b)
-        m = _resolve_method(method, nets_a[0], nets_b[0], meas, outputs)
-        if m == "exact":
-            ab = exact(sa, sb, meas, outputs)
-            aa = exact(sa, sa, meas, outputs, mode=Mode("diag"))
-            bb = aa if models_b is None else exact(sb, sb, meas, outputs, mode=Mode("diag"))
-        else:
-            ab, aa, bb = recursive(sa, sb, meas, outputs)
-        return _cosine(ab, aa, bb)
-    out = torch.empty(len(nets_a), len(nets_b), dtype=torch.float64)
-    for i, na in enumerate(nets_a):
-        for j, nb in enumerate(nets_b):
-            if models_b is None and j < i:
-                out[i, j] = out[j, i]
-                continue
-            out[i, j] = similarity(na, nb, measure=meas, method=method, outputs=outputs)
+    plan = plan_matrix(
+        models, models_b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
+        centred=centred, example_input=example_input, block_size=block_size, memory=memory,
+    )
+    return run_plan(plan, executor=executor, progress=progress, results=results)
+
+
+def _header(plan: MatrixPlan) -> dict:
+    from .results import fingerprint, tensor_digest
+
+    meas = plan.measure
+    options = {"measure": meas.describe()}
+    if isinstance(meas, GaussianMeasure):
+        options.update(mean=tensor_digest(meas.mean), cov=tensor_digest(meas.cov), centred=meas.centred)
+    out = plan.outputs
+    options["outputs"] = tensor_digest(out if out is None or isinstance(out, torch.Tensor) else list(map(int, out)))
+    methods = sorted({m for m in plan.methods.values()})
+    header = {
+        "computation": "tnsim.similarity_matrix",
+        **options,
+        "method": methods,
+        "symmetric": plan.symmetric,
+        "a": fingerprint(plan.nets_a),
+        "b": None if plan.symmetric else fingerprint(plan.nets_b),
+        "dtype": str(torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)),
+    }
+    return json.loads(json.dumps(header))
+
+
+def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=None) -> torch.Tensor:
+    """Compute a planned matrix (see :func:`similarity_matrix` for the options)."""
+    from tqdm.auto import tqdm
+
+    from .distributed import run_tasks
+    from .results import ResultsFile
+
+    device = plan.device
+    out = torch.full(plan.shape, float("nan"), dtype=torch.float64, device=device)
+    store = None
+    todo = list(plan.blocks)
+    if results is not None:
+        store = ResultsFile(results, _header(plan), plan.shape)
+        if store.done.any():
+            out.copy_(torch.from_numpy(store.values).to(device))
+        todo = [
+            (i, j) for i, j in todo
+            if not store.finished(plan.chunks_a[i].rows, plan.chunks_b[j].rows)
+        ]
+    rows_a = {c.index: torch.tensor(c.rows, device=device) for c in plan.chunks_a}
+    rows_b = rows_a if plan.symmetric else {c.index: torch.tensor(c.rows, device=device) for c in plan.chunks_b}
+
+    # per-model work once: squared norms of every chunk an unfinished exact block needs
+    norms_a: dict = {}
+    norms_b: dict = {}
+    need_a = sorted({i for i, j in todo if plan.spec(i, j).method == "exact"})
+    need_b = sorted({j for i, j in todo if plan.spec(i, j).method == "exact"})
+    tasks = [(("a", i), (plan.chunks_a[i].stack, _norm_spec(plan, plan.chunks_a[i]))) for i in need_a]
+    if not plan.symmetric:
+        tasks += [(("b", j), (plan.chunks_b[j].stack, _norm_spec(plan, plan.chunks_b[j]))) for j in need_b]
+
+    def got_norm(key, value):
+        (norms_a if key[0] == "a" else norms_b)[key[1]] = _local(value, device)
+
+    run_tasks(norm_task, tasks, got_norm, executor, shared=1)
+    if plan.symmetric:
+        norms_b = norms_a
+
+    bar = tqdm(
+        total=len(plan.blocks), initial=len(plan.blocks) - len(todo), disable=not progress,
+        delay=PROGRESS_DELAY, desc="similarity blocks", unit="block",
+    )
+
+    def block_args(i, j):
+        ca, cb = plan.chunks_a[i], plan.chunks_b[j]
+        spec = plan.spec(i, j)
+        na = norms_a.get(i) if spec.method == "exact" else None
+        nb = norms_b.get(j) if spec.method == "exact" else None
+        return (ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j)
+
+    def got_block(key, value):
+        i, j = key
+        value = value.to(device)
+        ra, rb = rows_a[i], rows_b[j]
+        out[ra[:, None], rb[None, :]] = value
+        mirror = plan.symmetric and i != j
+        if mirror:
+            out[rb[:, None], ra[None, :]] = value.T
+        if store is not None:
+            store.store(plan.chunks_a[i].rows, plan.chunks_b[j].rows, value, mirror=mirror)
+        bar.update(1)
+
+    try:
+        run_tasks(block_task, (((i, j), block_args(i, j)) for i, j in todo), got_block, executor, shared=2)
+    finally:
+        bar.close()
     return out
 
 
-_ = (GaussianMeasure, TensorMeasure)
+def _norm_spec(plan: MatrixPlan, chunk: Chunk) -> Spec:
+    return Spec(plan.measure, "exact", plan.outputs)
+

@@ -87,10 +87,27 @@ class GaussianMeasure:
             raise ShapeMismatchError(
                 f"mean must be a vector, got shape {tuple(torch.as_tensor(self.mean).shape)}"
             )
+        # decided once here (a host sync for a GPU mean), not in every contraction
+        zero = self.mean is None or not bool(torch.as_tensor(self.mean).any())
+        object.__setattr__(self, "_zero_mean", zero)
+        object.__setattr__(self, "_dense", {})
 
     @property
     def zero_mean(self) -> bool:
-        return self.mean is None or not bool(torch.as_tensor(self.mean).any())
+        return self._zero_mean
+
+    def dense(self, d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, cov)`` as tensors of ``like``'s dtype and device (zeros / identity when
+        not given), converted once per dtype and device rather than in every contraction."""
+        versions = tuple(x._version if isinstance(x, torch.Tensor) else None for x in (self.mean, self.cov))
+        key = (d, like.dtype, like.device, versions)
+        hit = self._dense.get(key)
+        if hit is None:
+            opts = dict(dtype=like.dtype, device=like.device)
+            mean = torch.zeros(d, **opts) if self.mean is None else torch.as_tensor(self.mean).to(**opts)
+            cov = torch.eye(d, **opts) if self.cov is None else torch.as_tensor(self.cov).to(**opts)
+            hit = self._dense[key] = (mean, cov)
+        return hit
 
     def check(self, d: int) -> None:
         if self.mean is not None and torch.as_tensor(self.mean).shape[0] != d:
@@ -142,19 +159,40 @@ def selector(space: Space, like: torch.Tensor) -> torch.Tensor:
     return s
 
 
+def embedded(matrix: torch.Tensor, sa: Space, sb: Space) -> torch.Tensor:
+    """:math:`S_a^\top M S_b` for a ``(d, d)`` feature matrix, without forming the products.
+
+    The selectors only prepend a zero row / column for a padded frame, so this is a copy of
+    ``matrix`` into the real block (``(d+1)^2`` work instead of ``d^3``).
+    """
+    pa, pb = int(sa.padded), int(sb.padded)
+    out = matrix.new_zeros(sa.d + pa, sb.d + pb)
+    out[pa:, pb:] = matrix
+    return out
+
+
 def e0(space: Space, like: torch.Tensor) -> torch.Tensor:
     v = torch.zeros(space.shape[-1], dtype=like.dtype, device=like.device)
     v[0] = 1
     return v
 
 
-def _feature_pieces(matrix: torch.Tensor, sa: Space, sb: Space, like) -> tuple[Piece, ...]:
-    """Pieces for a feature matrix between two copies, times the identity on positions."""
+def _feature_pieces(
+    matrix: torch.Tensor, sa: Space, sb: Space, like, identity: bool = False
+) -> tuple[Piece, ...]:
+    """Pieces for a feature matrix between two copies, times the identity on positions.
+
+    ``identity`` declares that ``matrix`` is the identity (the doubled network then joins the
+    two legs directly instead of contracting an identity matrix).
+    """
     if not sa.sequence:
-        return (Piece(matrix, (("p", 0), ("q", 0))),)
+        return (Piece(matrix, (("p", 0), ("q", 0)), identity=identity),)
     n = sa.shape[0]
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    return (Piece(eye, (("p", 0), ("q", 0))), Piece(matrix, (("p", 1), ("q", 1))))
+    return (
+        Piece(eye, (("p", 0), ("q", 0)), identity=True),
+        Piece(matrix, (("p", 1), ("q", 1)), identity=identity),
+    )
 
 
 def pad_pieces(space: Space, like: torch.Tensor) -> tuple[Piece, ...]:
@@ -185,19 +223,23 @@ class TensorKernel:
             raise ShapeMismatchError(f"input spaces differ: {space_a.shape} vs {space_b.shape}")
         self.spaces = {"a": space_a, "b": space_b}
         self.like = like
-        m = selector(space_a, like).T @ selector(space_b, like)
+        m = embedded(torch.eye(space_a.d, dtype=like.dtype, device=like.device), space_a, space_b)
         both = space_a.padded and space_b.padded
         if both and not space_a.sequence:
             m[0, 0] = 1
-            self._pair = (Piece(m, (("p", 0), ("q", 0))),)
+            self._pair = (Piece(m, (("p", 0), ("q", 0)), identity=True),)
         elif both:
             n = space_a.shape[0]
+            from .paths import check_allocation
+
+            check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize, "the padded sequence metric")
             eye = torch.eye(n, dtype=like.dtype, device=like.device)
             dense = torch.einsum("ts,ij->tisj", eye, m)
             dense[:, 0, :, 0] = 1
             self._pair = (Piece(dense, (("p", 0), ("p", 1), ("q", 0), ("q", 1))),)
         else:
-            self._pair = _feature_pieces(m, space_a, space_b, like)
+            same = space_a.padded == space_b.padded
+            self._pair = _feature_pieces(m, space_a, space_b, like, identity=same)
         self._pads = {s: None for s in "ab"}
         self.structure = ("tensor", space_a, space_b)
 
@@ -228,27 +270,20 @@ class GaussianKernel:
         measure.check(d)
         self.spaces = {"a": space_a, "b": space_b}
         self.like = like
-        cov = (
-            torch.eye(d, dtype=like.dtype, device=like.device)
-            if measure.cov is None
-            else torch.as_tensor(measure.cov).to(dtype=like.dtype, device=like.device)
-        )
-        mean = (
-            torch.zeros(d, dtype=like.dtype, device=like.device)
-            if measure.mean is None
-            else torch.as_tensor(measure.mean).to(dtype=like.dtype, device=like.device)
-        )
+        mean, cov = measure.dense(d, like)
         self.partial = (not measure.zero_mean) or space_a.padded or space_b.padded
         self.real_mean_zero = measure.zero_mean  # an unpaired copy sees e_0 only
         self._pairs = {}
         for s1, s2 in (("a", "a"), ("a", "b"), ("b", "b")):
             sa, sb = self.spaces[s1], self.spaces[s2]
-            m = selector(sa, like).T @ cov @ selector(sb, like)
-            self._pairs[(s1, s2)] = _feature_pieces(m, sa, sb, like)
+            m = embedded(cov, sa, sb)
+            unit = measure.cov is None and not sa.padded and not sb.padded
+            self._pairs[(s1, s2)] = _feature_pieces(m, sa, sb, like, identity=unit)
         self._singles = {}
         for s in "ab":
             sp = self.spaces[s]
-            v = mean @ selector(sp, like)
+            v = mean.new_zeros(sp.shape[-1])
+            v[int(sp.padded) :] = mean
             if sp.padded:
                 v[0] = 1
             if sp.sequence:
@@ -256,7 +291,8 @@ class GaussianKernel:
                 self._singles[s] = (Piece(ones, (("p", 0),)), Piece(v, (("p", 1),)))
             else:
                 self._singles[s] = (Piece(v, (("p", 0),)),)
-        self.structure = ("gaussian", space_a, space_b, self.partial)
+        # identity covariances are joined as plain legs: part of the plan's structure
+        self.structure = ("gaussian", space_a, space_b, self.partial, measure.cov is None)
 
     def pair(self, s1: str, s2: str):
         return self._pairs[(s1, s2)]

@@ -299,7 +299,11 @@ def _pad_term_input(t: Term) -> Term:
         arrays.append(_batched(_embedding(t.size_dict[feat], like), t.batch))
         tags.append("pad")
         copies.append(tuple(legs[:-1]) + (new,))
-    return Term(tuple(inds), tuple(arrays), tuple(copies), t.outputs, tuple(tags), t.group, t.coeff, t.batch)
+    # every copy now enters through E = [0 | I]: it never reads the constant coordinate
+    return Term(
+        tuple(inds), tuple(arrays), tuple(copies), t.outputs, tuple(tags), t.group, t.coeff,
+        t.batch, support=((False, True),) * t.degree,
+    )
 
 
 def pad_input(net: Network) -> Network:
@@ -476,10 +480,16 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
         return memo[key][0]
 
     def stack_terms(groups: list[tuple[Term, ...]]) -> tuple[Term, ...]:
+        from .contract import copy_support
+
         out = []
         for parts in zip(*groups):
             arrays = tuple(stacked([p.arrays[i] for p in parts]) for i in range(len(parts[0].arrays)))
-            out.append(parts[0].with_arrays(arrays, batch=len(parts)))
+            supports = [copy_support(p) for p in parts]  # read once per model, kept on the stack
+            support = tuple(
+                tuple(any(s[c][k] for s in supports) for k in range(2)) for c in range(parts[0].degree)
+            )
+            out.append(replace(parts[0].with_arrays(arrays, batch=len(parts)), support=support))
         return tuple(out)
 
     def stack_net(group: list[Network]) -> Network:

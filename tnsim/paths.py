@@ -13,8 +13,9 @@ values, so they are searched once and reused for every checkpoint.
   ``~/.cache/tnsim/paths``, or ``$TNSIM_CACHE_DIR/paths``); delete the folder, or call
   :func:`clear_cache`, to clear it. A warm start skips the search entirely.
 * Memory limit: :func:`set_memory_limit` (bytes, default ``$TNSIM_MEMORY_LIMIT`` or 4 GiB);
-  contractions whose largest intermediate would exceed it raise
-  :class:`~tnsim.errors.UnaffordableError` before running.
+  a contraction whose largest intermediate would exceed it is sliced (cotengra) if that costs
+  at most :data:`SLICE_OVERHEAD` times its flops, otherwise it raises
+  :class:`~tnsim.errors.UnaffordableError` before running. :func:`tnsim.cost` reports both.
 """
 
 from __future__ import annotations
@@ -27,11 +28,23 @@ from pathlib import Path
 
 import cotengra as ctg
 
-__all__ = ["find_tree", "cache_dir", "clear_cache", "set_memory_limit", "memory_limit"]
+__all__ = [
+    "find_tree",
+    "cache_dir",
+    "clear_cache",
+    "set_memory_limit",
+    "memory_limit",
+    "slice_overhead",
+    "slice_tree",
+    "optimizer_name",
+]
 
 OPTIMAL_CUTOFF = 12
+#: Default largest flop overhead accepted to slice a contraction under the memory limit.
+SLICE_OVERHEAD = 2.0
 _MEMORY: dict = {}
 _LIMIT: list[float | None] = [None]
+_SLICE: list = [SLICE_OVERHEAD]
 
 
 def cache_dir() -> Path:
@@ -42,22 +55,86 @@ def cache_dir() -> Path:
 
 
 def clear_cache(disk: bool = True) -> None:
-    """Forget cached paths (in memory, and on disk unless ``disk=False``)."""
+    """Forget cached contraction paths and plans: in memory, and on disk unless ``disk=False``.
+
+    The next comparison searches its paths again (a cold start). Deleting the folder
+    :func:`cache_dir` by hand has the same effect on disk.
+    """
+    from . import contract, exact, matrix
+
     _MEMORY.clear()
+    contract.clear_memory_cache()
+    exact._CHOICES.clear()
+    matrix._BYTES.clear()
     if disk:
         shutil.rmtree(cache_dir(), ignore_errors=True)
 
 
-def set_memory_limit(nbytes: float | None) -> None:
-    """Largest intermediate (bytes) a contraction may create; ``None`` restores the default."""
+def set_memory_limit(nbytes: float | None, *, slice_overhead: float | None = SLICE_OVERHEAD) -> None:
+    """Largest intermediate (bytes) a contraction may create; ``None`` restores the default.
+
+    A contraction above the limit is *sliced* (some indices are fixed in turn and the pieces
+    summed; cotengra chooses them) when that keeps the flops within ``slice_overhead`` times
+    the unsliced flops; otherwise it raises :class:`~tnsim.errors.UnaffordableError` before
+    allocating anything. ``slice_overhead=None`` never slices.
+    """
     _LIMIT[0] = nbytes
+    _SLICE[0] = slice_overhead
 
 
 def memory_limit() -> float | None:
+    """The memory limit in bytes: :func:`set_memory_limit`, else ``$TNSIM_MEMORY_LIMIT``,
+    else 4 GiB."""
     if _LIMIT[0] is not None:
         return _LIMIT[0]
     env = os.environ.get("TNSIM_MEMORY_LIMIT")
     return float(env) if env else 4 * 2**30
+
+
+def check_allocation(shape, itemsize: int, what: str) -> None:
+    """Raise :class:`~tnsim.errors.UnaffordableError` before allocating a dense array of
+    ``shape`` that exceeds the memory limit (states and metrics built outside contractions)."""
+    from .errors import UnaffordableError
+
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    limit = memory_limit()
+    if limit is not None and numel * itemsize > limit:
+        raise UnaffordableError(
+            f"{what} of shape {tuple(int(s) for s in shape)} needs {numel * itemsize / 2**20:.1f} MiB, "
+            f"above the memory limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit)"
+        )
+
+
+def slice_overhead() -> float | None:
+    """Largest flop overhead accepted for slicing (``None``: slicing is off)."""
+    return _SLICE[0]
+
+
+def slice_tree(tree: ctg.ContractionTree, max_elements: float) -> ctg.ContractionTree | None:
+    """A sliced copy of ``tree`` whose intermediates have at most ``max_elements`` entries
+    and whose flops are at most :func:`slice_overhead` times the original's, or ``None``."""
+    overhead = slice_overhead()
+    if overhead is None or max_elements < 1:
+        return None
+    try:
+        sliced = tree.slice(target_size=max_elements, target_overhead=overhead, seed=0)
+    except Exception:  # cotengra could not reach the target
+        return None
+    if sliced.max_size() > max_elements or sliced.total_flops() > overhead * tree.total_flops():
+        return None
+    return sliced
+
+
+def optimizer_name(n_tensors: int) -> str:
+    """How the path of a network with ``n_tensors`` tensors is searched."""
+    if n_tensors <= OPTIMAL_CUTOFF:
+        return "cotengra optimal (exhaustive dynamic programming)"
+    return (
+        "cotengra random-greedy (32 trials), subtree reconfiguration above "
+        f"{REFINE_FLOPS:.0e} flops, greedy/labels hyper-search above {HYPER_FLOPS:.0e} flops"
+    )
 
 
 def _key(inputs, output, size_dict) -> str:

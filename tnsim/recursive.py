@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import torch
 
+from . import paths
 from .contract import Piece, Scaled
 from .errors import StructureError
 from .exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
-from .measures import GaussianMeasure, Space, TensorMeasure, pad_pieces, selector
+from .measures import GaussianMeasure, Space, TensorMeasure, embedded, pad_pieces
 from .network import Network, compose, pad_input
 
 __all__ = ["recursive", "canonical_chain"]
@@ -75,13 +76,15 @@ class _StateTensorKernel:
     partial = False
 
     def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space,
-                 decoupled: bool = False):
+                 decoupled: bool = False, identity: bool = False):
         self.g, self.roles = g, roles
         self.decoupled = decoupled  # true for the input metric (first layer) only
         self.spaces = {"a": space_a, "b": space_b}
         ra, rb = len(space_a.shape), len(space_b.shape)
-        self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles),)
-        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b)
+        # the input metric of the first layer is often the identity: join legs, skip the d x d
+        identity = identity and not roles and ra == rb == 1
+        self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles, identity=identity),)
+        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b, identity)
 
     def pair(self, s1, s2):
         return self._pair
@@ -97,14 +100,20 @@ class _StateGaussianKernel:
     kind = "gaussian"
 
     def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool,
-                 decoupled: bool = False, real_mean_zero: bool = False):
+                 decoupled: bool = False, real_mean_zero: bool = False, identity=frozenset()):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial
         # the input measure (first layer) keeps constant and real coordinates apart
         self.decoupled, self.real_mean_zero = decoupled, real_mean_zero
         self._pairs = {}
+        # covariances declared the identity (the first layer's unit covariance) join legs
+        identity = frozenset(
+            k for k in identity
+            if not cov[k][1] and len(spaces[k[0]].shape) == len(spaces[k[1]].shape) == 1
+        )
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
-            self._pairs[(s1, s2)] = (Piece(c, _legs(r1, "p") + _legs(r2, "q"), roles),)
+            piece = Piece(c, _legs(r1, "p") + _legs(r2, "q"), roles, identity=(s1, s2) in identity)
+            self._pairs[(s1, s2)] = (piece,)
         self._singles = {
             s: (Piece(m, _legs(len(spaces[s].shape), "p"), roles),) for s, (m, roles) in mean.items()
         }
@@ -114,6 +123,7 @@ class _StateGaussianKernel:
             tuple(sorted((k, roles, tuple(m.shape[len(roles) :])) for k, (m, roles) in mean.items())),
             tuple(sorted(spaces.items())),
             partial,
+            tuple(sorted(identity)),
         )
 
     def pair(self, s1, s2):
@@ -134,25 +144,24 @@ def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
     if len(pieces) == 1 and len(pieces[0].legs) == len(space_a.shape) + len(space_b.shape):
         return pieces[0].array
     eye, m = pieces[0].array, pieces[1].array
+    n = eye.shape[0]
+    paths.check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize,
+                           "the recursive method's dense input metric for sequences")
     return torch.einsum("ts,ij->tisj", eye, m)
 
 
 def _initial_gaussian(measure: GaussianMeasure, space: Space, other: Space, like):
     """Mean of a copy and covariance between copies of two (possibly differently padded) frames."""
-    d = space.d
-    cov = torch.eye(d, dtype=like.dtype, device=like.device) if measure.cov is None else torch.as_tensor(
-        measure.cov
-    ).to(like)
-    mean = torch.zeros(d, dtype=like.dtype, device=like.device) if measure.mean is None else torch.as_tensor(
-        measure.mean
-    ).to(like)
-    sel, sel_o = selector(space, like), selector(other, like)
-    c = sel.T @ cov @ sel_o
-    m = mean @ sel
+    mean, cov = measure.dense(space.d, like)
+    c = embedded(cov, space, other)  # S^T cov S_o without the (d+1)^3 products
+    m = mean.new_zeros(space.shape[-1])
+    m[int(space.padded) :] = mean
     if space.padded:
         m[0] = 1
     if space.sequence:
         n = space.shape[0]
+        paths.check_allocation((n, c.shape[0], n, c.shape[1]), like.dtype.itemsize,
+                               "the recursive method's dense input covariance for sequences")
         c = torch.einsum("ts,ij->tisj", torch.eye(n, dtype=like.dtype, device=like.device), c)
         m = m.expand(n, -1).clone()
     return m, c
@@ -205,11 +214,12 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
     ba, bb = net_a.batch, net_b.batch
     roles_ab: tuple[str, ...] = ()  # the input metric is the same for every model
     sa0, sb0 = _space(layers[0][0]), _space(layers[0][1])
+    first = [True]  # the input metric is the identity between frames padded alike
     g0 = _initial_tensor(sa0, sb0, like)
     g_aa, g_bb = _initial_tensor(sa0, sa0, like), _initial_tensor(sb0, sb0, like)
     g_ab = g0
-    ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
-    ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
+    ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
+    ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
     roles_aa, roles_bb = (), ()
     for index, (la, lb) in enumerate(layers):
         k = max(la.degree, lb.degree)
@@ -223,7 +233,10 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         virtual = lambda t: k - t.degree  # noqa: E731
 
         def step(x, y, g, roles, mode, sx, sy):
-            kern = _StateTensorKernel(g, roles, sx, sy, decoupled=index == 0)
+            kern = _StateTensorKernel(
+                g, roles, sx, sy, decoupled=index == 0,
+                identity=first[0] and sx.padded == sy.padded,
+            )
             tx, ty, _, _ = choose_variants(
                 x, y, "tensor", kern, virtual, (None, None), open_outputs=True, mode=mode
             )
@@ -257,6 +270,7 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         roles_aa = ("a",) if ba else ()
         roles_bb = ("a",) if bb else ()
         roles_ab = tuple(r for r, b in (("a", ba), ("b", bb)) if b)
+        first[0] = False
         g_aa, g_bb, g_ab = g_aa.to(dtype), g_bb.to(dtype), g_ab.to(dtype)
     last_a, last_b = layers[-1]
     maps_a = output_maps(last_a, outputs, like)
@@ -332,9 +346,10 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
     m_b, c_bb = _initial_gaussian(measure, sb0, sb0, like)
     _, c_ab = _initial_gaussian(measure, sa0, sb0, like)
     roles = {"a": (), "b": ()}
-    ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64)
-    ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64)
+    ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
+    ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
     s_ab = s_aa = s_bb = None
+    odd_a = odd_b = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
     for index, (la, lb) in enumerate(layers):
         sa, sb = _space(la), _space(lb)
         ka, kb = la.degree, lb.degree
@@ -349,12 +364,22 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
                 )
         va = (lambda t: 0) if first else (lambda t: ka - t.degree)
         vb = (lambda t: 0) if first else (lambda t: kb - t.degree)
-        partial = bool(m_a.abs().max() > 0 or m_b.abs().max() > 0)
+        # unpaired copies (means) can contribute unless both inputs are odd functions of a
+        # centred Gaussian (then their means vanish): decided from structure, so no host sync
+        zero_a, zero_b = odd_a and not sa.padded, odd_b and not sb.padded
+        partial = not (zero_a and zero_b)
+        odd_a = zero_a and not la.out_padded and all(t.degree % 2 for t in la.terms)
+        odd_b = zero_b and not lb.out_padded and all(t.degree % 2 for t in lb.terms)
         ra = ("a",) if roles["a"] else ()
 
         def kern(cov, mean, spaces):
-            return _StateGaussianKernel(cov, mean, spaces, partial, decoupled=first,
-                                        real_mean_zero=first and measure.zero_mean)
+            # first layer, unit covariance: the covariance between unpadded frames is I
+            unit = first and measure.cov is None
+            ident = {k for k in cov if unit and not spaces[k[0]].padded and not spaces[k[1]].padded}
+            return _StateGaussianKernel(
+                cov, mean, spaces, partial, decoupled=first,
+                real_mean_zero=first and measure.zero_mean, identity=frozenset(ident),
+            )
 
         # single-side means, own frames
         k_ma = kern({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa})

@@ -60,6 +60,10 @@ class Term:
         Scalar multiplier.
     batch
         Size of the leading batch axis of every array, or ``None``.
+    support
+        Per copy, whether the term reads the constant / the real coordinates of a padded input
+        (``None``: not known yet; see :func:`tnsim.contract.copy_support`). Lets the exact
+        method skip pairings that are exactly zero.
     """
 
     inds: tuple[tuple[str, ...], ...]
@@ -70,6 +74,7 @@ class Term:
     group: tuple[Perm, ...] = ()
     coeff: float = 1.0
     batch: int | None = None
+    support: tuple[tuple[bool, bool], ...] | None = field(default=None, repr=False, compare=False)
     _canonical: bool = field(default=False, repr=False)
 
     def __post_init__(self):
@@ -172,7 +177,7 @@ class Term:
 
     def with_arrays(self, arrays, batch: int | None = None) -> "Term":
         """Same structure with new arrays (e.g. another checkpoint, or a stack of them)."""
-        return replace(self, arrays=tuple(arrays), batch=batch)
+        return replace(self, arrays=tuple(arrays), batch=batch, support=None)
 
     def scaled(self, c: float) -> "Term":
         return replace(self, coeff=self.coeff * float(c))
@@ -294,6 +299,9 @@ def compose_terms(outer: Term, inner: list[Term]) -> Term:
         covered |= {int(g[c]) for g in stab} | {c}
         gens += shift(u.group, offsets[c], n)
     coeff = outer.coeff * math.prod(u.coeff for u in inner)
+    # each copy keeps the tensor that carries its feature leg, so it reads what it read before
+    known = all(u.support is not None for u in inner)
+    support = tuple(sup for u in inner for sup in u.support) if known else None
     out = Term(
         inds=tuple(inds),
         arrays=tuple(arrays),
@@ -303,6 +311,7 @@ def compose_terms(outer: Term, inner: list[Term]) -> Term:
         group=_minimal_generators(gens, n),
         coeff=coeff,
         batch=batch,
+        support=support,
     )
     return out
 

@@ -1,0 +1,117 @@
+"""Shared helpers for the benchmark scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import tnsim
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def command() -> str:
+    """The command line that ran this script (recorded next to every figure)."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, torch threads={torch.get_num_threads()})"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def summary(times: list[float]) -> dict:
+    return {"min": min(times), "median": statistics.median(times), "runs": len(times), "all": times}
+
+
+def matmul_rate(device: torch.device, dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best measured FLOP/s of an ``n x n`` matrix product (the machine's practical peak)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def bar_models(n: int = 24, seed: int = 0, d_in: int = 784, width: int = 64, hidden: int = 128,
+               d_out: int = 10, device="cpu"):
+    """The performance-bar models: Linear(784, 64) then Bilinear(64, 128, 10), float32."""
+    torch.manual_seed(seed)
+    return [
+        torch.nn.Sequential(tnsim.nn.Linear(d_in, width), tnsim.nn.Bilinear(width, hidden, d_out)).to(device)
+        for _ in range(n)
+    ]
+
+
+def closed_form_matrix(models) -> torch.Tensor:
+    r"""Hand-written batched torch.einsum of the one-layer Gaussian formula (all pairs).
+
+    With :math:`L' = LW`, :math:`R' = RW`: :math:`E[f_a\cdot f_b] = \sum_o \mathrm{tr}A_o
+    \mathrm{tr}B_o + 2\langle \mathrm{Sym}A, \mathrm{Sym}B\rangle`, where
+    :math:`\langle\mathrm{Sym}A,\mathrm{Sym}B\rangle = \tfrac12\sum_{hh'}(D_a^\top D_b)_{hh'}
+    [(L'_aL_b'^\top)(R'_aR_b'^\top) + (L'_aR_b'^\top)(R'_aL_b'^\top)]_{hh'}`; normalised to cosines.
+    """
+    W = torch.stack([m[0].weight for m in models]).detach()
+    L = torch.stack([m[1].left.weight for m in models]).detach()
+    R = torch.stack([m[1].right.weight for m in models]).detach()
+    D = torch.stack([m[1].down.weight for m in models]).detach()
+    Lp = torch.einsum("nhw,nwi->nhi", L, W)
+    Rp = torch.einsum("nhw,nwi->nhi", R, W)
+    DD = torch.einsum("aoh,bok->abhk", D, D)
+    LL = torch.einsum("ahi,bki->abhk", Lp, Lp)
+    RR = torch.einsum("ahi,bki->abhk", Rp, Rp)
+    LR = torch.einsum("ahi,bki->abhk", Lp, Rp)
+    RL = torch.einsum("ahi,bki->abhk", Rp, Lp)
+    sym = 0.5 * (DD * (LL * RR + LR * RL)).sum((-1, -2))
+    tr = torch.einsum("aoh,ahi,ahi->ao", D, Lp, Rp)
+    g = tr @ tr.T + 2 * sym
+    d = torch.sqrt(torch.diagonal(g))
+    return g / d[:, None] / d[None, :]
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"command": command(), "torch": torch.__version__, "tnsim": tnsim.__version__, **data}
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
+def isolated_cache(tmp: str) -> None:
+    """Point tnsim's path cache at an empty folder (a cold start) and forget in-memory plans."""
+    os.environ["TNSIM_CACHE_DIR"] = tmp
+    tnsim.clear_cache(disk=False)
+    from tnsim import contract
+
+    contract.clear_memory_cache()

@@ -1,0 +1,156 @@
+"""tnsim.cost: what a comparison costs, without contracting; memory limit, slicing, path cache."""
+
+import math
+
+import pytest
+import torch
+
+import tnsim
+from tnsim import contract, execute, paths
+from models import bilinear, stack2
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("cost() ran a contraction")
+
+
+def forbid_contractions(monkeypatch):
+    for module, name in ((contract, "execute"), (execute, "execute"), (execute, "_pairwise")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.fixture
+def no_contractions(monkeypatch):
+    """Any tensor contraction fails the test."""
+    forbid_contractions(monkeypatch)
+
+
+@pytest.fixture
+def limit():
+    yield paths.set_memory_limit
+    paths.set_memory_limit(None)
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+@pytest.mark.parametrize("method", ["exact", "recursive"])
+def test_cost_runs_no_contraction_and_matches_the_real_run(measure, method, monkeypatch):
+    a, b = stack2(bias=True, seed=1), stack2(bias=True, seed=2)
+    real = tnsim.compare(a, b, measure=measure, method=method).cost
+    with monkeypatch.context() as m:
+        forbid_contractions(m)
+        c = tnsim.cost(a, b, measure=measure, method=method)
+    assert c.contractions == real.contractions > 0
+    assert c.flops == pytest.approx(real.flops) and c.flops > 0
+    assert c.largest_intermediate == real.largest_intermediate
+    assert c.largest_intermediate_bytes == 8 * c.largest_intermediate  # float64 models
+    assert c.width == pytest.approx(math.log2(c.largest_intermediate))
+    assert len(c.paths) == c.contractions and all(isinstance(p, tuple) for p in c.paths)
+    assert "cotengra" in c.optimizer and str(paths.cache_dir()) in c.optimizer
+    assert c.fits and c.sliced == 0 and c.method == method
+
+
+def test_cost_counts_orbit_contractions_without_running_them(no_contractions):
+    a, b = stack2(seed=1), stack2(seed=2)
+    c = tnsim.cost(a, b, measure="gaussian", method="exact")
+    assert c.contractions == 30  # 10 Wick orbits for <a,b>, <a,a>, <b,b> (test_api counts them)
+
+
+def test_executed_flops_equal_planned_flops_minus_shared_work(monkeypatch):
+    a, b = stack2(seed=1), stack2(seed=2)
+    planned = tnsim.cost(a, b, measure="gaussian", method="exact").flops
+    with execute.count_flops() as n:
+        tnsim.similarity(a, b, measure="gaussian", method="exact")
+    assert 0 < n["flops"] < planned  # layer-1 products recur across the copies of layer 2
+    monkeypatch.setattr(execute, "SHARING", False)
+    with execute.count_flops() as n:
+        tnsim.similarity(a, b, measure="gaussian", method="exact")
+    assert n["flops"] == pytest.approx(planned)
+
+
+def test_matrix_cost_is_what_the_matrix_runs(monkeypatch):
+    models = [stack2(seed=s) for s in range(5)]
+    kw = dict(measure="gaussian", method="exact", block_size=2)
+    c = tnsim.cost(models, **kw)
+    monkeypatch.setattr(execute, "SHARING", False)
+    with execute.count_flops() as n:
+        tnsim.similarity_matrix(models, progress=False, **kw)
+    assert n["flops"] == pytest.approx(c.flops)
+
+
+def test_matrix_cost(no_contractions):
+    models = [bilinear(seed=s) for s in range(5)]
+    c = tnsim.cost(models, measure="tensor", method="exact", block_size=2)
+    assert c.blocks == 6 and c.block_size == 2
+    single = tnsim.cost(models, measure="tensor", method="exact", block_size=5)
+    assert single.blocks == 1 and single.largest_intermediate > c.largest_intermediate
+    with pytest.raises(TypeError, match="list"):
+        tnsim.cost(models[0])
+
+
+def test_memory_limit_error_names_the_size(limit):
+    a, b = stack2(seed=1), stack2(seed=2)
+    c = tnsim.cost(a, b, measure="tensor", method="exact")
+    need = c.largest_intermediate_bytes
+    limit(need / 2, slice_overhead=None)
+    with pytest.raises(tnsim.UnaffordableError) as err:
+        tnsim.similarity(a, b, measure="tensor", method="exact")
+    msg = str(err.value)
+    assert f"{need / 2**20:.1f} MiB" in msg and f"{c.largest_intermediate:.3g} elements" in msg
+    assert "memory limit" in msg and isinstance(err.value, ValueError)
+    refused = tnsim.cost(a, b, measure="tensor", method="exact")
+    assert not refused.fits and "fits=False" in repr(refused)
+
+
+def test_slicing_fits_the_limit_and_gives_the_same_value(limit):
+    models = [stack2(seed=s) for s in range(4)]
+    st = tnsim.stack([tnsim.compile(m) for m in models])
+    ref = tnsim.inner(st, st, measure="gaussian", method="exact")
+    full = tnsim.cost(st, st, measure="gaussian", method="exact")
+    limit(full.largest_intermediate_bytes / 3, slice_overhead=4.0)
+    c = tnsim.cost(st, st, measure="gaussian", method="exact")
+    assert c.fits and c.sliced > 0
+    assert c.largest_intermediate_bytes <= full.largest_intermediate_bytes / 3
+    assert c.unsliced_largest_intermediate == full.largest_intermediate
+    got = tnsim.inner(st, st, measure="gaussian", method="exact")
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+
+
+def test_paths_persist_on_disk_and_a_warm_start_skips_the_search(tmp_path, monkeypatch):
+    monkeypatch.setenv("TNSIM_CACHE_DIR", str(tmp_path))
+    tnsim.clear_cache(disk=False)
+    a, b = bilinear(seed=1), bilinear(seed=2)
+    cold = tnsim.similarity(a, b, measure="tensor", method="exact")
+    assert tnsim.cache_dir() == tmp_path / "paths"
+    files = sorted(tnsim.cache_dir().glob("*.json"))
+    assert files
+    tnsim.clear_cache(disk=False)  # a new process: nothing in memory, paths on disk
+
+    def no_search(*args):
+        raise AssertionError("searched a path that is cached on disk")
+
+    monkeypatch.setattr(paths, "_search", no_search)
+    assert tnsim.similarity(a, b, measure="tensor", method="exact") == cold
+    tnsim.clear_cache()
+    assert not tnsim.cache_dir().exists()
+    monkeypatch.undo()
+    tnsim.clear_cache(disk=False)
+
+
+def test_dense_states_over_the_limit_are_refused_before_allocation(limit):
+    """The recursive method keeps a dense (n d) x (n d) state for sequences: over the memory
+    limit it is refused by cost() and by a run, naming the shape, instead of exhausting memory."""
+    from tnsim.term import Term
+
+    def seq(seed):
+        g = torch.Generator().manual_seed(seed)
+        arrays = (torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64),
+                  torch.randn(5, 8, generator=g, dtype=torch.float64), torch.ones(32, dtype=torch.float64))
+        term = Term((("o", "h"), ("h", "i"), ("h", "j"), ("t",)), arrays, (("t", "i"), ("t", "j")), ("t", "o"))
+        return tnsim.Network((term,), (32, 8), (32, 3))
+
+    a, b = seq(1), seq(2)
+    limit(1e5)
+    for run in (tnsim.cost, tnsim.similarity):
+        with pytest.raises(tnsim.UnaffordableError, match=r"\(32, 8, 32, 8\).*MiB"):
+            run(a, b, method="recursive")
+    assert tnsim.cost(a, b, method="exact").fits  # the exact method joins the positions instead

@@ -1,0 +1,69 @@
+"""Blocks farmed out to executors give the local matrix: thread pools and a loopback Dask cluster."""
+
+import concurrent.futures as cf
+import pickle
+
+import pytest
+import torch
+
+import tnsim
+from tnsim import matrix
+from models import stack2
+
+KW = dict(measure="gaussian", method="exact", block_size=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [stack2(seed=s) for s in range(5)]
+
+
+@pytest.fixture(scope="module")
+def local(models):
+    return tnsim.similarity_matrix(models, **KW)
+
+
+def test_thread_pool_gives_the_local_matrix(models, local):
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        M = tnsim.similarity_matrix(models, executor=pool, **KW)
+        R = tnsim.similarity_matrix(models[:3], models[3:], executor=pool, **KW)
+    assert torch.equal(M, local)
+    assert torch.equal(R, tnsim.similarity_matrix(models[:3], models[3:], **KW))
+
+
+def test_block_tasks_pickle_and_give_the_same_block(models):
+    """What a remote worker receives (networks, measure, norms) survives pickling."""
+    plan = matrix.plan_matrix(models, **{k: v for k, v in KW.items() if k != "progress"})
+    spec = plan.spec(0, 1)
+    ca, cb = plan.chunks_a[0], plan.chunks_a[1]
+    na, nb = matrix.norm_task(ca.stack, spec), matrix.norm_task(cb.stack, spec)
+    args = (ca.stack, cb.stack, spec, na, nb, False)
+    shipped = pickle.loads(pickle.dumps(args))
+    assert shipped[0].structure == ca.stack.structure
+    assert torch.equal(matrix.block_task(*shipped), matrix.block_task(*args))
+
+
+def test_task_errors_reach_the_caller(models, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("worker failed")
+
+    monkeypatch.setattr(matrix, "block_task", broken)
+    with cf.ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(RuntimeError, match="worker failed"):
+        tnsim.similarity_matrix(models, executor=pool, **KW)
+    with pytest.raises(TypeError, match="executor"):
+        tnsim.similarity_matrix(models, executor=object(), **KW)
+
+
+def test_local_dask_cluster_gives_the_local_matrix(models, local, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+        protocol="tcp", host="127.0.0.1", silence_logs=50,  # real (loopback) TCP comms: tasks are serialised
+    ) as cluster, distributed.Client(cluster) as client:
+        M = tnsim.similarity_matrix(models, executor=client, **KW)
+        assert torch.equal(M, local)
+        # with a results file: a resumed distributed run completes the same matrix
+        path = tmp_path / "dask.npz"
+        tnsim.similarity_matrix(models[:4], executor=client, results=path, **KW)
+        M4 = tnsim.similarity_matrix(models[:4], executor=client, results=path, **KW)
+    assert torch.equal(M4, tnsim.similarity_matrix(models[:4], **KW))

@@ -1,0 +1,63 @@
+"""The tree executor against cotengra's own contraction, and sharing of repeated intermediates."""
+
+import cotengra as ctg
+import pytest
+import torch
+
+from tnsim import execute
+
+
+def random_network(seed):
+    """A random network with hyperindices, a repeated array, broadcast steps and open legs."""
+    g = torch.Generator().manual_seed(seed)
+    size = {"a": 3, "b": 4, "c": 2, "d": 5, "e": 3, "f": 2, "h": 4}
+    inputs = [("a", "b"), ("b", "c", "h"), ("c", "d"), ("a", "b"), ("d", "e", "h"), ("e", "f"), ("h",)]
+    output = ("f", "h", "a")
+    arrays = [torch.randn([size[i] for i in t], generator=g, dtype=torch.float64) for t in inputs]
+    arrays[3] = arrays[0]  # the same array twice, with the same index pattern
+    return inputs, output, size, arrays
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_execute_equals_cotengra(seed):
+    inputs, output, size, arrays = random_network(seed)
+    for opt in ("greedy", "optimal"):
+        tree = ctg.array_contract_tree(inputs, output, size, optimize=opt)
+        torch.testing.assert_close(execute.execute(tree, arrays), tree.contract(arrays), rtol=1e-12, atol=1e-12)
+
+
+def test_single_tensor_and_pure_broadcast():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    tree = ctg.array_contract_tree([("i", "j")], ("j",), {"i": 3, "j": 4}, optimize="greedy")
+    torch.testing.assert_close(execute.execute(tree, [x]), x.sum(0))
+    y = torch.randn(4, 3, dtype=torch.float64)
+    tree = ctg.array_contract_tree([("i", "j"), ("j", "i")], ("j", "i"), {"i": 3, "j": 4}, optimize="greedy")
+    torch.testing.assert_close(execute.execute(tree, [x, y]), x.T * y)
+    tree = ctg.array_contract_tree([("i",), ("j",)], ("i", "j"), {"i": 3, "j": 4}, optimize="greedy")
+    torch.testing.assert_close(execute.execute(tree, [x[:, 0], y[:, 0]]), torch.outer(x[:, 0], y[:, 0]))
+
+
+def test_repeated_products_are_computed_once_and_shared_across_calls():
+    """<x|A|y><x|A|y>-like networks: W_a W_b^T appears twice (two input copies)."""
+    g = torch.Generator().manual_seed(0)
+    W, V = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(6, 7, generator=g, dtype=torch.float64)
+    C = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    inputs = [("i", "x"), ("k", "x"), ("j", "y"), ("l", "y"), ("i", "k"), ("j", "l")]
+    size = {"i": 5, "j": 5, "k": 6, "l": 6, "x": 7, "y": 7}
+    tree = ctg.array_contract_tree(inputs, (), size, optimize="optimal")
+    arrays = [W, V, W, V, C, C]
+    expected = torch.einsum("ix,kx,ik->", W, V, C) ** 2
+    with execute.count_flops() as n:
+        value = execute.execute(tree, arrays)
+    torch.testing.assert_close(value, expected)
+    assert n["flops"] < tree.total_flops()
+    with execute.shared_intermediates() as cache:
+        execute.execute(tree, arrays)
+        with execute.count_flops() as again:
+            torch.testing.assert_close(execute.execute(tree, arrays), expected)
+    assert cache.hits > 0 and again["flops"] < n["flops"]
+    # new arrays with the same shapes are never mistaken for the cached ones
+    with execute.shared_intermediates():
+        execute.execute(tree, arrays)
+        other = [2 * W, V, 2 * W, V, C, C]
+        torch.testing.assert_close(execute.execute(tree, other), 4 * expected)

@@ -1,0 +1,246 @@
+r"""Execute cotengra contraction trees with torch, sharing repeated intermediates.
+
+A doubled network often computes the same intermediate more than once: a composed model
+carries one copy of its embedding :math:`W` per input copy, so the pairing of copy 1 with
+copy 1 and of copy 2 with copy 2 both form :math:`W_a \Sigma W_b^\top`; and every orbit of a
+comparison forms it again. :func:`execute` walks the tree top-down and looks each node up by
+a *structural key* before computing it:
+
+.. math::
+    \text{key}(v) = \big(\text{ids of the arrays under } v,\;
+        \text{their index pattern and } v\text{'s output legs, relabelled canonically}\big)
+
+Two nodes with equal keys contract the same arrays in the same way, so the second reuses the
+first's result (opt_einsum's ``shared_intermediates`` does the same for einsum calls). Within a
+:func:`shared_intermediates` context the cache spans calls (every orbit and term pair of one
+comparison); otherwise it spans one contraction. Only intermediates that occur at least twice
+within one contraction are stored (so memory stays that of a plain contraction unless there is
+something to share); shared entries keep their input arrays alive, so an id cannot be recycled
+while its entry exists, and the shared cache stops growing at :data:`SHARED_BYTES` bytes.
+
+Each pairwise step is one ``torch.einsum`` (a GEMM or batched GEMM); nothing leaves the
+arrays' device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+
+__all__ = ["execute", "shared_intermediates", "count_flops", "SHARED_BYTES"]
+
+#: Largest total size (bytes) of intermediates kept for reuse within one context.
+SHARED_BYTES = 2**30
+#: Share repeated intermediates (set ``False`` to execute every pairwise step of every tree).
+SHARING = True
+
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("tnsim_shared", default=None)
+_COUNT: contextvars.ContextVar = contextvars.ContextVar("tnsim_count", default=None)
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class _Cache:
+    def __init__(self, limit: float):
+        self.entries: dict = {}
+        self.bytes = 0
+        self.limit = limit
+        self.hits = 0
+
+    def get(self, key):
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit[0]
+        return None
+
+    def put(self, key, value: torch.Tensor, keep: tuple) -> None:
+        size = value.numel() * value.element_size()
+        if self.bytes + size <= self.limit:
+            self.entries[key] = (value, keep)
+            self.bytes += size
+
+
+@contextlib.contextmanager
+def count_flops():
+    """Count the multiply-adds actually executed inside the context (shared ones once).
+
+    Yields a dict whose ``"flops"`` entry grows as contractions run (cotengra's measure: the
+    product of the sizes of all indices of each pairwise step).
+    """
+    counter = {"flops": 0.0, "steps": 0}
+    token = _COUNT.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNT.reset(token)
+
+
+@contextlib.contextmanager
+def shared_intermediates(limit: float | None = None):
+    """Share equal intermediates between all contractions executed inside the context.
+
+    Yields the cache (``.hits`` counts reused intermediates). Nested contexts reuse the
+    outer cache.
+    """
+    outer = _SHARED.get()
+    if outer is not None:
+        yield outer
+        return
+    cache = _Cache(SHARED_BYTES if limit is None else limit)
+    token = _SHARED.set(cache)
+    try:
+        yield cache
+    finally:
+        _SHARED.reset(token)
+
+
+class _Recipe:
+    """Per tree, computed once: leaves, pairwise einsum equations and structural patterns."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.children: dict = {}
+        self.leaves: dict = {}
+        self.equations: dict = {}
+        self.patterns: dict = {}
+        inputs = [tuple(i) for i in tree.inputs]
+        self.leaf_input: dict = {}
+        self.flops: dict = {}
+        self.leaf_pre: dict = {}
+        for p, l, r in tree.traverse():
+            self.children[p] = (l, r)
+            for c in (l, r):
+                if tree.is_leaf(c):
+                    i = int(tree.node_to_input(c))
+                    self.leaf_input[c] = i
+                    # cotengra may pre-reduce a leaf (sum an index no other tensor has, take
+                    # the diagonal of a repeated one): apply that before the pairwise steps
+                    have, want = inputs[i], tuple(tree.get_inds(c))
+                    if have != want:
+                        self.leaf_pre[c] = _reduction(have, want)
+        for p in self.children:
+            leaves = tuple(sorted(int(i) for i in tree.get_subgraph(p)))
+            self.leaves[p] = leaves
+            self.patterns[p] = _pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p)))
+            if p in self.children:
+                l, r = self.children[p]
+                left, right, out = tree.get_inds(l), tree.get_inds(r), tree.get_inds(p)
+                self.flops[p] = float(tree.get_flops(p))
+                if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
+                    self.equations[p] = (_broadcast(left, out), _broadcast(right, out))
+                else:
+                    self.equations[p] = _equation(left, right, out)
+        root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
+        self.root_inds = root_inds
+        out = tuple(tree.output)
+        self.final = None
+        if root_inds != out:
+            letters = {i: _LETTERS[n] for n, i in enumerate(dict.fromkeys(root_inds + out))}
+            self.final = "".join(letters[i] for i in root_inds) + "->" + "".join(letters[i] for i in out)
+
+
+def _pattern(inds: list[tuple], output: tuple) -> tuple:
+    names: dict = {}
+    canon = tuple(tuple(names.setdefault(i, len(names)) for i in term) for term in inds)
+    return canon, tuple(names[i] for i in output)
+
+
+def _reduction(have: tuple, want: tuple) -> str:
+    """Einsum equation taking an input with indices ``have`` to ``want`` (sum / diagonal)."""
+    letters = {i: _LETTERS[n] for n, i in enumerate(dict.fromkeys(tuple(have) + tuple(want)))}
+    return "".join(letters[i] for i in have) + "->" + "".join(letters[i] for i in want)
+
+
+def _broadcast(inds: str, out: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Permutation and view that align an operand with ``out`` for broadcasting."""
+    order = tuple(sorted(range(len(inds)), key=lambda k: out.index(inds[k])))
+    present = set(inds)
+    return order, tuple(i in present for i in out)
+
+
+def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One pairwise contraction: an einsum (GEMM / batched GEMM), or, when no index is summed,
+    a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
+    if isinstance(how, str):
+        return torch.einsum(how, x, y)
+    (ox, kx), (oy, ky) = how
+    x, y = x.permute(ox), y.permute(oy)
+    return x.reshape(_view(x.shape, kx)) * y.reshape(_view(y.shape, ky))
+
+
+def _view(shape, keep) -> tuple[int, ...]:
+    it = iter(shape)
+    return tuple(next(it) if k else 1 for k in keep)
+
+
+def _equation(left: str, right: str, out: str) -> str:
+    letters = {i: _LETTERS[n] for n, i in enumerate(dict.fromkeys(tuple(left) + tuple(right)))}
+    return (
+        "".join(letters[i] for i in left) + ","
+        + "".join(letters[i] for i in right) + "->"
+        + "".join(letters[i] for i in out)
+    )
+
+
+def _recipe(tree) -> _Recipe:
+    r = getattr(tree, "_tnsim_recipe", None)
+    if r is None:
+        r = _Recipe(tree)
+        tree._tnsim_recipe = r
+    return r
+
+
+def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
+    """Contract ``arrays`` (in the tree's input order) along ``tree``; returns the output.
+
+    Intermediates that occur more than once in this contraction are computed once and, inside
+    :func:`shared_intermediates`, offered to later contractions; every node is looked up in
+    the shared cache first. Sliced trees are handed to cotengra (which loops over the
+    slices) without sharing.
+    """
+    if tree.sliced_inds:
+        return tree.contract(arrays)
+    recipe = _recipe(tree)
+    if not recipe.children:  # a single tensor: sum what is not output
+        letters = {i: _LETTERS[n] for n, i in enumerate(dict.fromkeys(recipe.root_inds))}
+        eq = "".join(letters[i] for i in recipe.root_inds) + "->" + "".join(
+            letters[i] for i in tree.output
+        )
+        return torch.einsum(eq, arrays[0])
+    shared = _SHARED.get() if SHARING else None
+    counter = _COUNT.get()
+    ids = [id(x) for x in arrays]
+    keys = {p: (recipe.patterns[p], tuple(ids[i] for i in recipe.leaves[p])) for p in recipe.children}
+    seen: dict = {}
+    for k in keys.values():
+        seen[k] = seen.get(k, 0) + 1
+    local: dict = {}
+
+    def compute(node):
+        if node not in recipe.children:  # a leaf
+            x = arrays[recipe.leaf_input[node]]
+            pre = recipe.leaf_pre.get(node)
+            return x if pre is None else torch.einsum(pre, x)
+        key = keys[node]
+        hit = local.get(key) if SHARING else None
+        if hit is None and shared is not None:
+            hit = shared.get(key)
+        if hit is not None:
+            return hit
+        l, r = recipe.children[node]
+        value = _pairwise(recipe.equations[node], compute(l), compute(r))
+        if counter is not None:
+            counter["flops"] += recipe.flops[node]
+            counter["steps"] += 1
+        if SHARING and seen[key] > 1:
+            local[key] = value
+            if shared is not None:
+                shared.put(key, value, tuple(arrays[i] for i in recipe.leaves[node]))
+        return value
+
+    value = compute(tree.root)
+    if recipe.final is not None:
+        value = torch.einsum(recipe.final, value)
+    return value
