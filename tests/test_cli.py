@@ -152,7 +152,7 @@ def test_demo_quick_prints_the_summary_and_writes_figures(tmp_path):
     r = tnsim_cli("demo", "--quick", "--no-progress", "--out", tmp_path / "demo")
     assert r.returncode == 0, r.stderr
     table = r.stdout[r.stdout.index("metric") :]
-    assert "flags 9" in table
+    assert "clearly flags 9" in table
     tensor = next(line for line in table.splitlines() if line.startswith("tensor"))
     assert tensor.split()[-1] == "1/1"  # the tensor class slices flag class 9
     for f in (

@@ -149,9 +149,9 @@ def _summary_table(rows) -> str:
         "metric",
         "contrast (whole clean)",
         "contrast (late clean)",
-        "flagged class",
+        "top class",
         "margin",
-        "flags 9",
+        "clearly flags 9",
     )
     body = []
     for r in rows:
@@ -194,8 +194,9 @@ def cmd_demo(args) -> int:
     dt = time.perf_counter() - t0
     print()
     print(
-        "Contrast of the post-poison block of checkpoints (mean ± sd over seeds); 'flagged class' = the "
-        "class slice that changes most, found without knowing the trigger:"
+        "Contrast of the post-poison block of checkpoints (mean ± sd over seeds). 'top class' = the "
+        "class slice that changes most, found without knowing the trigger; 'margin' = its change over "
+        "the runner-up's; 'clearly flags 9' = seeds where 9 is on top with a margin of at least 1.5:"
     )
     print(_summary_table(res["rows"]))
     print(f"\nfinished in {dt:.0f} s; report: {out / 'report.md'}; figures: {out}/*.png")
