@@ -203,21 +203,14 @@ def run(
     seeds=None,
 ) -> dict:
     """Run the experiment, write figures, numbers and a report to ``out``; return the summary."""
-    cfg = dict(MODES[mode])
-    if seeds is not None:
-        cfg["seeds"] = list(seeds)
-    res = C.Output(out, NAME, mode, cfg, command)
+    cfg, res = C.start(out, NAME, MODES, mode, command, seeds)
     split = D.digits(seed=0)
     mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
         runs = {}
         for seed in cfg["seeds"]:
-            run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-            traj = C.cached(
-                res.folder / "checkpoints" / f"seed{seed}",
-                run_cfg,
-                lambda seed=seed: train(seed, cfg, split, progress),
-                log=log,
+            traj = C.trajectory(
+                res, cfg, IDENTITY, seed, lambda s: train(s, cfg, split, progress), log=log
             )
             runs[seed] = (traj, analyse(traj, mets, progress, seed))
         traj0, an0 = runs[cfg["seeds"][0]]

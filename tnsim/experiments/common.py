@@ -151,6 +151,29 @@ def cached(folder: Path, config: Mapping, train: Callable[[], Trajectory], log=p
     return traj
 
 
+def start(out, name: str, modes: Mapping, mode: str, command, seeds) -> tuple[dict, "Output"]:
+    """A run's configuration (the mode's, with ``seeds`` overriding) and its output folder."""
+    cfg = dict(modes[mode])
+    if seeds is not None:
+        cfg["seeds"] = list(seeds)
+    return cfg, Output(out, name, mode, cfg, command)
+
+
+def trajectory(
+    res: "Output", cfg: Mapping, identity: Mapping, seed: int, train: Callable[[int], Trajectory],
+    log=print, folder: str | None = None, **extra,
+) -> Trajectory:
+    """Train (or reload) the checkpoints of one seed under ``res.folder/checkpoints``.
+
+    The saved configuration (``cfg`` for this seed, ``extra`` and the experiment's ``identity``)
+    decides whether saved checkpoints can be reused.
+    """
+    config = {**cfg, "seeds": None, "seed": seed, **extra, **identity}
+    return cached(
+        res.folder / "checkpoints" / (folder or f"seed{seed}"), config, lambda: train(seed), log=log
+    )
+
+
 class Trainer:
     """Mini-batch AdamW training in stages, recording a checkpoint every ``every`` steps.
 

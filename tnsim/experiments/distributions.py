@@ -166,30 +166,20 @@ def run(
 ) -> dict:
     from .. import baselines, similarity_matrix
 
-    cfg = dict(MODES[mode])
-    if seeds is not None:
-        cfg["seeds"] = list(seeds)
-    res = C.Output(out, NAME, mode, cfg, command)
+    cfg, res = C.start(out, NAME, MODES, mode, command, seeds)
     pca = digits_pca()
     teach = teacher(cfg, pca)
     proj = centring()
     with C.threads(threads):
         # control: a bias-free (even) student, trained the same way, cannot learn the odd part
-        even_cfg = {**cfg, "seeds": None, "seed": 0, "even": True, **IDENTITY}
-        even = C.cached(
-            res.folder / "checkpoints" / "even",
-            even_cfg,
-            lambda: train(0, cfg, teach, pca, progress, bias=False),
-            log=log,
+        even = C.trajectory(
+            res, cfg, IDENTITY, 0, lambda s: train(s, cfg, teach, pca, progress, bias=False),
+            log=log, folder="even", even=True,
         ).models[-1]
         models, labels = [], []
         for seed in cfg["seeds"]:
-            run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-            traj = C.cached(
-                res.folder / "checkpoints" / f"seed{seed}",
-                run_cfg,
-                lambda seed=seed: train(seed, cfg, teach, pca, progress),
-                log=log,
+            traj = C.trajectory(
+                res, cfg, IDENTITY, seed, lambda s: train(s, cfg, teach, pca, progress), log=log
             )
             models += traj.models
             labels += [f"s{r['seed']}@{r['step']}" for r in traj.records]

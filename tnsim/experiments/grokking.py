@@ -130,10 +130,7 @@ def run(
     command: str | None = None,
     seeds=None,
 ) -> dict:
-    cfg = dict(MODES[mode])
-    if seeds is not None:
-        cfg["seeds"] = list(seeds)
-    res = C.Output(out, NAME, mode, cfg, command)
+    cfg, res = C.start(out, NAME, MODES, mode, command, seeds)
     p = cfg["p"]
     split = D.modular_addition(p, cfg["train_fraction"], seed=0)
     everything = D.modular_addition(p, 1.0, seed=0).train  # all P^2 pairs
@@ -148,13 +145,7 @@ def run(
     ]
     seed = cfg["seeds"][0]
     with C.threads(threads):
-        run_cfg = {**cfg, "seeds": None, "seed": seed, **IDENTITY}
-        traj = C.cached(
-            res.folder / "checkpoints" / f"seed{seed}",
-            run_cfg,
-            lambda seed=seed: train(seed, cfg, split, progress),
-            log=log,
-        )
+        traj = C.trajectory(res, cfg, IDENTITY, seed, lambda s: train(s, cfg, split, progress), log=log)
         mats = C.matrices(mets, traj.models, progress=progress, desc="similarity matrices")
     spec = [spectra(m, p) for m in traj.models]
     s_in = torch.stack([s[0] for s in spec])
