@@ -194,3 +194,20 @@ def test_distributions_have_unit_variance_and_stay_finite():
         tol = 0.1 if name == "student_t" else 0.02
         assert torch.allclose(x.double().mean(0), mean, atol=0.02), name
         assert torch.allclose(x.double().var(0), cov.diagonal(), atol=tol), name
+
+
+def test_similarity_matrix_passes_shared_options_to_baselines():
+    """outputs= (and centred=) reach a baseline named in similarity_matrix; unknown ones fail."""
+    import pytest
+
+    torch.manual_seed(0)
+    ms = [tnsim.nn.Bilinear(4, 5, 3).double() for _ in range(3)]
+    x = torch.randn(50, 4, dtype=torch.float64)
+    got = tnsim.similarity_matrix(ms, measure="output", data=x, outputs=[1], centred=True)
+    want = tnsim.baselines.output_cosine_matrix(ms, data=x, outputs=[1], centred=True)
+    assert torch.allclose(got, want)
+    assert not torch.allclose(got, tnsim.similarity_matrix(ms, measure="output", data=x))
+    with pytest.raises(TypeError):
+        tnsim.similarity_matrix(ms, measure="cka", data=x, outputs=[1])
+    with pytest.raises(TypeError, match="method"):
+        tnsim.similarity_matrix(ms, measure="output", data=x, method="exact")

@@ -504,7 +504,14 @@ def similarity_matrix(
     if isinstance(measure, str) and measure not in ("tensor", "gaussian"):
         from . import baselines
 
-        return baselines.matrix(measure, models, models_b, **baseline_options)
+        # pass the shared options on (a baseline that has no use for one rejects it by name)
+        shared = {"outputs": outputs, "mean": mean, "cov": cov}
+        options = {k: v for k, v in shared.items() if v is not None}
+        if centred:
+            options["centred"] = True
+        if method != "auto":
+            raise TypeError(f"method={method!r} applies to 'tensor' and 'gaussian', not {measure!r}")
+        return baselines.matrix(measure, models, models_b, **options, **baseline_options)
     if baseline_options:
         raise TypeError(f"unexpected options {sorted(baseline_options)} for measure {measure!r}")
     plan = plan_matrix(
