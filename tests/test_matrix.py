@@ -184,3 +184,18 @@ def test_results_file_refuses_other_settings_and_names_the_file(tmp_path):
     with pytest.raises(tnsim.CheckpointError, match=r"run\.npz.*corrupt"):
         tnsim.similarity_matrix(models, measure="tensor", results=path, progress=False)
     assert isinstance(tnsim.CheckpointError("x"), ValueError)
+
+
+def test_long_orbit_loops_show_progress_unless_quiet(monkeypatch, capsys):
+    from tnsim import contract
+
+    monkeypatch.setattr(contract, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(contract, "PROGRESS_MIN_ORBITS", 2)
+    a, b = bilinear(seed=1), bilinear(seed=2)
+    value = tnsim.inner(a, b, method="exact")  # 2 Gaussian orbits per inner product
+    assert "exact orbits" in capsys.readouterr().err
+    with contract.quiet():
+        assert tnsim.inner(a, b, method="exact") == value
+    assert "exact orbits" not in capsys.readouterr().err
+    tnsim.similarity_matrix([a, b], method="exact", progress=False)  # blocks are quiet
+    assert "exact orbits" not in capsys.readouterr().err

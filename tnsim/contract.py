@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+from tqdm.auto import tqdm
 
 from . import paths
 from .errors import UnaffordableError
@@ -398,6 +399,20 @@ class Contraction:
 
 _PLANS: dict = {}
 _DRY = contextvars.ContextVar("tnsim_dry_run", default=False)
+_QUIET = contextvars.ContextVar("tnsim_quiet", default=False)
+#: Orbit loops at least this long get a progress bar (shown once they have run 2 s).
+PROGRESS_MIN_ORBITS = 200
+PROGRESS_DELAY = 2.0
+
+
+@contextlib.contextmanager
+def quiet():
+    """Within this context orbit loops show no progress bar (callers with their own bar)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 @contextlib.contextmanager
@@ -534,6 +549,8 @@ def contract_pairings(
     itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
     total = None
+    if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get() and not _DRY.get():
+        reps = tqdm(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
     for rep, size, pairs, singles in reps:
         if vanishes is not None and vanishes(pairs, singles):
             continue

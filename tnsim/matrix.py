@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .api import _cosine, _resolve_method, as_network
-from .contract import Scaled, dry_run
+from .contract import Scaled, dry_run, quiet
 from .errors import StructureError, UnaffordableError
 from .exact import Mode, exact
 from .execute import shared_intermediates
@@ -355,7 +355,7 @@ def _norm_scaled(stack_: Network, spec: Spec, stats=None) -> Scaled:
 
 def norm_task(stack_: Network, spec: Spec) -> Scaled:
     """Task: the squared norms of one chunk (exact method)."""
-    with torch.no_grad(), shared_intermediates():
+    with torch.no_grad(), shared_intermediates(), quiet():
         return _norm_scaled(stack_, spec)
 
 
@@ -421,7 +421,7 @@ def block_task(
     Recursive: norms come out of the same propagation; a diagonal block is computed whole and
     symmetrised from its upper triangle.
     """
-    with torch.no_grad(), shared_intermediates():
+    with torch.no_grad(), shared_intermediates(), quiet():
         if spec.method == "exact" and diagonal:
             return _diagonal_exact(stack_a, spec, norms_a, stats)
         if spec.method == "exact":
