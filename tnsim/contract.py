@@ -406,23 +406,22 @@ PROGRESS_DELAY = 2.0
 
 
 @contextlib.contextmanager
+def _switched_on(flag: contextvars.ContextVar):
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
 def quiet():
     """Within this context orbit loops show no progress bar (callers with their own bar)."""
-    token = _QUIET.set(True)
-    try:
-        yield
-    finally:
-        _QUIET.reset(token)
+    return _switched_on(_QUIET)
 
 
-@contextlib.contextmanager
 def dry_run():
     """Within this context contractions are planned and costed but not executed (zeros)."""
-    token = _DRY.set(True)
-    try:
-        yield
-    finally:
-        _DRY.reset(token)
+    return _switched_on(_DRY)
 
 
 def plan(key, build) -> Contraction:
