@@ -207,12 +207,10 @@ def run(
     split = D.digits(seed=0)
     mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
-        runs = {}
-        for seed in cfg["seeds"]:
-            traj = C.trajectory(
-                res, cfg, IDENTITY, seed, lambda s: train(s, cfg, split, progress), log=log
-            )
-            runs[seed] = (traj, analyse(traj, mets, progress, seed))
+        runs = C.seed_runs(
+            res, cfg, IDENTITY, lambda s: train(s, cfg, split, progress),
+            lambda traj, s: analyse(traj, mets, progress, s), log=log,
+        )
         traj0, an0 = runs[cfg["seeds"][0]]
         check = C.metric_matrix("gaussian", traj0.models, centred=True)
         identity = float((check - an0["matrices"]["tensor"]).abs().max())

@@ -174,6 +174,18 @@ def trajectory(
     )
 
 
+def seed_runs(
+    res: "Output", cfg: Mapping, identity: Mapping, train: Callable[[int], Trajectory],
+    analyse: Callable[[Trajectory, int], dict], log=print,
+) -> dict[int, tuple[Trajectory, dict]]:
+    """``{seed: (trajectory, analyse(trajectory, seed))}`` for every seed of ``cfg``."""
+    runs = {}
+    for seed in cfg["seeds"]:
+        traj = trajectory(res, cfg, identity, seed, train, log=log)
+        runs[seed] = (traj, analyse(traj, seed))
+    return runs
+
+
 class Trainer:
     """Mini-batch AdamW training in stages, recording a checkpoint every ``every`` steps.
 
