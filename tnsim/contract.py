@@ -463,11 +463,16 @@ def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> 
     if tree is None:
         limit = paths.memory_limit()
         need = contraction.max_size * itemsize
+        overhead = paths.slice_overhead()
+        why = (
+            "slicing is off (set_memory_limit(..., slice_overhead=None))"
+            if overhead is None
+            else f"slicing cannot bring it under the limit within {overhead}x the flops"
+        )
         raise UnaffordableError(
             f"contraction needs an intermediate of {need / 2**20:.1f} MiB "
             f"({contraction.max_size:.3g} elements), above the memory limit of "
-            f"{limit / 2**20:.1f} MiB (tnsim.set_memory_limit), and slicing cannot bring it "
-            f"under the limit within {paths.slice_overhead()}x the flops; use smaller "
+            f"{limit / 2**20:.1f} MiB (tnsim.set_memory_limit), and {why}; use smaller "
             "batches, raise the limit or use method='recursive'"
         )
     return execute(tree, arrays)
