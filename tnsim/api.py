@@ -43,15 +43,22 @@ __all__ = [
 
 #: ``method="auto"`` runs the exact method when its estimated flops are at most this ...
 EXACT_BUDGET_FLOPS = 2e10
-#: ... and it needs at most this many orbit contractions (each costs Python overhead).
-EXACT_BUDGET_CONTRACTIONS = 2000
+#: ... and one inner product needs at most this many orbit contractions. Each costs Python
+#: overhead (milliseconds) and, on first use, a path search (tens of milliseconds), so the
+#: budget keeps a cold ``similarity`` (three inner products sharing plans) within about a minute.
+EXACT_BUDGET_CONTRACTIONS = 500
 
 
 def as_network(x, example_input=None) -> Network:
     """A :class:`Network` from a module (compiled) or a network (returned as is)."""
     from .compile import compile as _compile
 
-    return x if isinstance(x, Network) else _compile(x, example_input)
+    net = x if isinstance(x, Network) else _compile(x, example_input)
+    if net.out_shape == ():  # a scalar-valued model compares as a function with one output
+        from .algebra import reshape
+
+        net = reshape(net, (1,))
+    return net
 
 
 @dataclass
