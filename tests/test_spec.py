@@ -200,3 +200,9 @@ def test_trilinear_invariant_to_its_symmetries():
             v1 = tnsim.similarity(a, c, measure=measure, method=method)
             v2 = tnsim.similarity(a2, c, measure=measure, method=method)
             assert abs(v1 - v2) < 1e-9 and abs(v1) < 1 - 1e-6
+
+
+def test_terms_store_detached_weights():
+    w = torch.randn(3, 4, requires_grad=True)
+    t = tnsim.Term(inds=(("o", "i"),), arrays=(w,), copies=(("i",),), outputs=("o",))
+    assert not t.arrays[0].requires_grad and t.arrays[0].data_ptr() == w.data_ptr()

@@ -80,6 +80,8 @@ class Term:
     def __post_init__(self):
         if not self.tags:
             object.__setattr__(self, "tags", tuple(f"T{i}" for i in range(len(self.inds))))
+        if any(x.requires_grad for x in self.arrays):  # weights, not a graph to differentiate
+            object.__setattr__(self, "arrays", tuple(x.detach() for x in self.arrays))
         if len(self.arrays) != len(self.inds) or len(self.tags) != len(self.inds):
             raise StructureError("a term needs one index tuple and one tag per array")
         off = 0 if self.batch is None else 1
