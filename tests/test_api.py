@@ -202,3 +202,15 @@ def test_draw_produces_a_figure():
     assert fig is not None and len(fig.axes) >= 1
     plt.close("all")
     assert net.tn.num_tensors == sum(t.tn.num_tensors for t in net.terms)
+
+
+def test_scalar_output_networks_compare_like_a_one_output_projection():
+    torch.manual_seed(0)
+    f, g = tnsim.nn.Bilinear(3, 4, 2, bias=True).double(), tnsim.nn.Bilinear(3, 4, 2).double()
+    total = lambda m: tnsim.algebra.sum_axes(tnsim.compile(m), 0)  # noqa: E731  x -> sum_o f_o(x)
+    assert total(f).out_shape == ()
+    ones = torch.ones(1, 2, dtype=torch.float64)
+    for measure in ("gaussian", "tensor"):
+        got = tnsim.inner(total(f), total(g), measure=measure, method="exact")
+        want = tnsim.inner(f, g, measure=measure, method="exact", outputs=ones)
+        assert abs(got - want) <= 1e-10 * abs(want)
