@@ -95,7 +95,7 @@ def test_memory_limit_error_names_the_size(limit):
     with pytest.raises(tnsim.UnaffordableError) as err:
         tnsim.similarity(a, b, measure="tensor", method="exact")
     msg = str(err.value)
-    assert f"{need / 2**20:.1f} MiB" in msg and f"{c.largest_intermediate:.3g} elements" in msg
+    assert f"{need / 2**20:.3g} MiB" in msg and f"{c.largest_intermediate:.3g} elements" in msg
     assert "memory limit" in msg and isinstance(err.value, ValueError)
     assert "slicing is off" in msg and "None" + "x" not in msg
     refused = tnsim.cost(a, b, measure="tensor", method="exact")

@@ -470,9 +470,9 @@ def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> 
             else f"slicing cannot bring it under the limit within {overhead}x the flops"
         )
         raise UnaffordableError(
-            f"contraction needs an intermediate of {need / 2**20:.1f} MiB "
+            f"contraction needs an intermediate of {need / 2**20:.3g} MiB "
             f"({contraction.max_size:.3g} elements), above the memory limit of "
-            f"{limit / 2**20:.1f} MiB (tnsim.set_memory_limit), and {why}; use smaller "
+            f"{limit / 2**20:.3g} MiB (tnsim.set_memory_limit), and {why}; use smaller "
             "batches, raise the limit or use method='recursive'"
         )
     return execute(tree, arrays)

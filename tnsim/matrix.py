@@ -291,8 +291,8 @@ def plan_matrix(
             break
         if size == 1:
             raise UnaffordableError(
-                f"one pair of models needs an intermediate of {need / 2**20:.1f} MiB, above the "
-                f"memory budget of {budget / 2**20:.1f} MiB (memory=, or tnsim.set_memory_limit); "
+                f"one pair of models needs an intermediate of {need / 2**20:.3g} MiB, above the "
+                f"memory budget of {budget / 2**20:.3g} MiB (memory=, or tnsim.set_memory_limit); "
                 "raise the budget or use method='recursive'"
             )
         size = max(1, min(size - 1, int(size * math.sqrt(budget / need))))

@@ -22,6 +22,10 @@ __all__ = ["head", "slice"]
 _slice = slice  # the builtin, shadowed below
 
 
+def _bound(i: int | None) -> str:
+    return "" if i is None else str(i)
+
+
 def slice(model, start: int | None = None, stop: int | None = None, *, pad: bool | None = None) -> Network:
     """Layers ``start:stop`` of a model as one network.
 
@@ -34,7 +38,7 @@ def slice(model, start: int | None = None, stop: int | None = None, *, pad: bool
         part = model[_slice(start, stop)]
         if len(part) == 0:
             raise StructureError(f"the model has {len(model)} layers; slice {start}:{stop} is empty")
-        return _compile(part, pad=pad, name=f"{type(model).__name__}[{start}:{stop}]")
+        return _compile(part, pad=pad, name=f"{type(model).__name__}[{_bound(start)}:{_bound(stop)}]")
     raise StructureError(
         f"cannot slice a {type(model).__name__}: pass a torch.nn.Sequential or a compiled Network"
     )

@@ -102,8 +102,8 @@ def check_allocation(shape, itemsize: int, what: str) -> None:
     limit = memory_limit()
     if limit is not None and numel * itemsize > limit:
         raise UnaffordableError(
-            f"{what} of shape {tuple(int(s) for s in shape)} needs {numel * itemsize / 2**20:.1f} MiB, "
-            f"above the memory limit of {limit / 2**20:.1f} MiB (tnsim.set_memory_limit)"
+            f"{what} of shape {tuple(int(s) for s in shape)} needs {numel * itemsize / 2**20:.3g} MiB, "
+            f"above the memory limit of {limit / 2**20:.3g} MiB (tnsim.set_memory_limit)"
         )
 
 
