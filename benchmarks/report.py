@@ -179,6 +179,13 @@ def main():
     t1, t2 = load("matrix_bar_cpu-t1"), load("matrix_bar_cpu-t2")
     if t1:
         fill.update(bar_section(t1, t2))
+    depth = load("exact_depth")
+    if depth:
+        fill["EXACT_DEPTH_TABLE"] = table(depth["rows"], [
+            ("depth", "depth"), ("biases", "biases"), ("measure", "measure"),
+            ("contractions / inner", "contractions"), ("cold pair", "cold_s"), ("warm pair", "warm_s"),
+            ("timed on", lambda r: f"{r['sampled']} orbits, scaled" if r.get("sampled") else "every orbit"),
+        ]) + f"\n\n(`{depth['command']}`; {depth['machine']}.)"
     data = load("scaling")
     if data:
         pair_figure(data, "input_width", "d_in", "pair similarity vs input width", "input width d_in", "perf_input_width.png", dense=True)
