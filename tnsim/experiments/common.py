@@ -174,6 +174,22 @@ def trajectory(
     )
 
 
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two vectors (in float64)."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    return float((x @ y) / (x.norm() * y.norm()))
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation: Pearson correlation of the ranks (ties broken by order)."""
+    def rank(v):
+        r = torch.empty_like(v, dtype=torch.float64)
+        r[torch.argsort(v)] = torch.arange(len(v), dtype=torch.float64)
+        return r
+
+    return pearson(rank(x), rank(y))
+
+
 def seed_runs(
     res: "Output", cfg: Mapping, identity: Mapping, train: Callable[[int], Trajectory],
     analyse: Callable[[Trajectory, int], dict], log=print,

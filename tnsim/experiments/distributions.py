@@ -141,20 +141,6 @@ def train(
     return traj
 
 
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    return float((x @ y) / (x.norm() * y.norm()))
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    def rank(v):
-        r = torch.empty_like(v, dtype=torch.float64)
-        r[torch.argsort(v)] = torch.arange(len(v), dtype=torch.float64)
-        return r
-
-    return pearson(rank(x), rank(y))
-
-
 def run(
     out,
     mode: str = "full",
@@ -212,9 +198,9 @@ def run(
                 ("gaussian", weight["Gaussian N(0,I)"]),
                 ("matched", matched),
             ):
-                row[f"pearson_{label}"] = pearson(pairs(m), b)
-                row[f"spearman_{label}"] = spearman(pairs(m), b)
-                row[f"spearman_{label}_trained"] = spearman(pairs(m)[trained], b[trained])
+                row[f"pearson_{label}"] = C.pearson(pairs(m), b)
+                row[f"spearman_{label}"] = C.spearman(pairs(m), b)
+                row[f"spearman_{label}_trained"] = C.spearman(pairs(m)[trained], b[trained])
             row["mean_abs_diff_matched"] = float((pairs(matched) - b).abs().mean())
             row["behaviour_min"], row["behaviour_max"] = float(b.min()), float(b.max())
             g = torch.Generator().manual_seed(99)

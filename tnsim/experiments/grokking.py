@@ -110,17 +110,6 @@ def phases_from(records: list[dict]) -> list[tuple[str, int, int]]:
     return [p for p in out if p[2] > p[1]]
 
 
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    def rank(v):
-        r = torch.empty_like(v)
-        r[torch.argsort(v)] = torch.arange(len(v), dtype=v.dtype)
-        return r
-
-    rx, ry = rank(x.double()), rank(y.double())
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx @ ry) / (rx.norm() * ry.norm()))
-
-
 def run(
     out,
     mode: str = "full",
@@ -185,7 +174,7 @@ def summarise(traj, mats, freq_cos, s_in, s_out, phases) -> dict:
     for label, m in [*mats.items(), ("frequency-spectrum cosine", freq_cos)]:
         row = {
             "metric": label,
-            "spearman_vs_frequency_cosine": spearman(m[off], freq_cos[off]),
+            "spearman_vs_frequency_cosine": C.spearman(m[off], freq_cos[off]),
             "first_vs_last": float(m[0, -1]),
         }
         if "memorised" in blocks and "generalised" in blocks:
