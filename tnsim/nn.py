@@ -32,7 +32,52 @@ class Linear(torch.nn.Linear):
         super().__init__(d_in, d_out, bias=bias, **kwargs)
 
 
-class Bilinear(torch.nn.Module):
+class _ProductLayer(torch.nn.Module):
+    """``down(f_1(x) * ... * f_k(x))`` (plus ``x`` when residual), one ``torch.nn.Linear``
+    (``d_in -> d_hidden``) per factor name in ``FACTORS``."""
+
+    FACTORS: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        d_in: int,
+        d_hidden: int,
+        d_out: int | None = None,
+        bias: bool = False,
+        residual: bool = False,
+    ):
+        super().__init__()
+        d_out = d_in if d_out is None else d_out
+        if residual and d_out != d_in:
+            raise ValueError(
+                f"a residual {type(self).__name__} needs d_out == d_in, got {d_in} -> {d_out}"
+            )
+        for name in self.FACTORS:
+            setattr(self, name, torch.nn.Linear(d_in, d_hidden, bias=bias))
+        self.down = torch.nn.Linear(d_hidden, d_out, bias=bias)
+        self.residual = residual
+
+    @property
+    def d_in(self) -> int:
+        return getattr(self, self.FACTORS[0]).in_features
+
+    @property
+    def d_out(self) -> int:
+        return self.down.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, *rest = self.FACTORS
+        y = getattr(self, first)(x)
+        for name in rest:
+            y = y * getattr(self, name)(x)
+        y = self.down(y)
+        return x + y if self.residual else y
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}"
+
+
+class Bilinear(_ProductLayer):
     r"""A bilinear layer :math:`f(x) = D\,(Lx \odot Rx)` (plus :math:`x` when residual).
 
     Parameters
@@ -49,73 +94,20 @@ class Bilinear(torch.nn.Module):
         Add the input to the output (requires ``d_out == d_in``).
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_hidden: int,
-        d_out: int | None = None,
-        bias: bool = False,
-        residual: bool = False,
-    ):
-        super().__init__()
-        d_out = d_in if d_out is None else d_out
-        if residual and d_out != d_in:
-            raise ValueError(f"a residual Bilinear needs d_out == d_in, got {d_in} -> {d_out}")
-        self.left = torch.nn.Linear(d_in, d_hidden, bias=bias)
-        self.right = torch.nn.Linear(d_in, d_hidden, bias=bias)
-        self.down = torch.nn.Linear(d_hidden, d_out, bias=bias)
-        self.residual = residual
-
-    @property
-    def d_in(self) -> int:
-        return self.left.in_features
-
-    @property
-    def d_out(self) -> int:
-        return self.down.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.down(self.left(x) * self.right(x))
-        return x + y if self.residual else y
-
-    def extra_repr(self) -> str:
-        return f"residual={self.residual}"
+    FACTORS = ("left", "right")
 
 
 class Sequential(torch.nn.Sequential):
     """``torch.nn.Sequential`` (kept for symmetry; plain ``torch.nn.Sequential`` works too)."""
 
 
-class Trilinear(torch.nn.Module):
+class Trilinear(_ProductLayer):
     r"""A trilinear layer :math:`f(x) = D\,(Ax \odot Bx \odot Cx)` (plus :math:`x` when residual).
 
     Compiled as one symmetric CP node of degree 3 (group :math:`S_3`).
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_hidden: int,
-        d_out: int | None = None,
-        bias: bool = False,
-        residual: bool = False,
-    ):
-        super().__init__()
-        d_out = d_in if d_out is None else d_out
-        if residual and d_out != d_in:
-            raise ValueError(f"a residual Trilinear needs d_out == d_in, got {d_in} -> {d_out}")
-        self.a = torch.nn.Linear(d_in, d_hidden, bias=bias)
-        self.b = torch.nn.Linear(d_in, d_hidden, bias=bias)
-        self.c = torch.nn.Linear(d_in, d_hidden, bias=bias)
-        self.down = torch.nn.Linear(d_hidden, d_out, bias=bias)
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.down(self.a(x) * self.b(x) * self.c(x))
-        return x + y if self.residual else y
-
-    def extra_repr(self) -> str:
-        return f"residual={self.residual}"
+    FACTORS = ("a", "b", "c")
 
 
 class BilinearAttention(torch.nn.Module):
