@@ -309,3 +309,26 @@ def test_vector_model_given_a_sequence_is_applied_per_position():
     b = stack2(seed=2)
     nb = tnsim.compile(b, torch.zeros(N, 3, dtype=torch.float64))
     assert rel(tnsim.inner(net, nb, method="exact"), N * tnsim.inner(a, b, method="exact")) < 1e-10
+
+
+class BroadcastEinsum(torch.nn.Module):
+    """einsum whose operands broadcast size-1 axes, under an ellipsis and an explicit letter."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2, bias=False)
+
+    def forward(self, x):  # x: (2, 2)
+        a = self.lin(x)
+        p = torch.einsum("...i,...i->...", a, x[:1])  # (2,): row t of a against row 0 of x
+        q = torch.einsum("ti,ti->t", x, a[-1:])  # (2,): row t of x against the last row of a
+        return torch.stack([p, q], dim=-1)
+
+
+def test_einsum_broadcasting_traces_to_the_same_function():
+    torch.manual_seed(6)
+    m = BroadcastEinsum().double()
+    net = tnsim.trace(m, torch.zeros(N, D, dtype=torch.float64))
+    for _ in range(3):
+        x = torch.randn(N, D, dtype=torch.float64)
+        assert torch.allclose(run_network(net, x), m(x), atol=1e-12)

@@ -603,33 +603,13 @@ class _Interpreter:
             free = [c for c in string.ascii_letters if c not in used]
             n_ell = max(len(sh) - (len(s) - 3) for s, sh in zip(ins, shapes) if "..." in s)
             ell = free[:n_ell]
-            sizes = [1] * n_ell
-            new_ins = []
-            for s, sh in zip(ins, shapes):
-                if "..." not in s:
-                    new_ins.append(s)
-                    continue
-                k = len(sh) - (len(s) - 3)
-                mine = ell[n_ell - k:]
-                pre = s.index("...")
-                for j, c in enumerate(mine):
-                    size = sh[pre + j]
-                    pos = n_ell - k + j
-                    if size != 1:
-                        sizes[pos] = size
-                new_ins.append(s.replace("...", "".join(mine)))
-            # size-1 ellipsis axes that broadcast are indexed away and dropped from that operand
-            fixed_ops, fixed_ins = [], []
-            for s, sh, o in zip(new_ins, shapes, ops):
-                drop = [a for a, c in enumerate(s) if c in ell and sh[a] == 1 and sizes[ell.index(c)] != 1]
-                for a in reversed(drop):
-                    key = tuple([slice(None)] * a + [0])
-                    o = self.unary(o, lambda n, key=key: alg.index(n, key)) if isinstance(o, Sym) else torch.as_tensor(o)[key]
-                    s = s[:a] + s[a + 1:]
-                fixed_ops.append(o)
-                fixed_ins.append(s)
-            ops, ins = fixed_ops, fixed_ins
+            # ellipsis axes become right-aligned letters (size-1 ones broadcast like any letter's)
+            ins = [
+                s.replace("...", "".join(ell[n_ell - (len(sh) - (len(s) - 3)):])) if "..." in s else s
+                for s, sh in zip(ins, shapes)
+            ]
             out = out.replace("...", "".join(ell))
+        ins, ops = self._unbroadcast(ins, shapes, ops)
         spec = ",".join(ins) + "->" + out
         if not any(isinstance(o, Sym) for o in ops):
             return torch.einsum(spec, *ops)
@@ -650,14 +630,11 @@ class _Interpreter:
         ea = (bl[nb - len(batch_a):] + i + k) if len(sa) > 1 else k
         eb = (bl[nb - len(batch_b):] + k + j) if len(sb) > 1 else k
         out = bl + (i if len(sa) > 1 else "") + (j if len(sb) > 1 else "")
-        spec = f"{ea},{eb}->{out}"  # batch axes written out, broadcast below
-        return self.einsum_broadcast(spec, [a, b])
+        return self.einsum(f"{ea},{eb}->{out}", [a, b])  # batch axes written out; einsum broadcasts
 
-    def einsum_broadcast(self, spec: str, ops: list):
-        """einsum where equal letters may be size 1 on one operand (broadcast)."""
-        lhs, out = spec.split("->")
-        ins = lhs.split(",")
-        shapes = [tuple(_shape_of(o)) for o in ops]
+    def _unbroadcast(self, ins: list[str], shapes: list[tuple], ops: list):
+        """Index away size-1 axes whose letter has a larger size on another operand
+        (einsum broadcasting), so that every letter has one size."""
         sizes: dict[str, int] = {}
         for s, sh in zip(ins, shapes):
             for c, n in zip(s, sh):
@@ -672,7 +649,7 @@ class _Interpreter:
                 s = s[:a] + s[a + 1:]
             fixed_ops.append(o)
             fixed_ins.append(s)
-        return self.einsum(",".join(fixed_ins) + "->" + out, fixed_ops)
+        return fixed_ins, fixed_ops
 
     def linear(self, x, w, b=None):
         if isinstance(w, Sym) or isinstance(b, Sym):
