@@ -102,26 +102,21 @@ def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
         loops.append((time.perf_counter() - t0, orbits[-1] / sample if sample else 1.0))
         return out
 
-    def clock(f) -> float:
+    def clock(f):
+        """``(seconds, f())``, the sampled orbit loops' time scaled up to all orbits."""
         loops.clear()
         t0 = time.perf_counter()
-        f()
-        return time.perf_counter() - t0 + sum(t * (k - 1) for t, k in loops if k > 1)
+        value = f()
+        return time.perf_counter() - t0 + sum(t * (k - 1) for t, k in loops if k > 1), value
 
     a, b = model(depth, args.d, args.hidden, bias, 1), model(depth, args.d, args.hidden, bias, 2)
     contract.clear_memory_cache()
     tnsim.clear_cache()
     contract.pairings, exact.contract_pairings = sampled, timed
     try:
-        c = None
-
-        def first():
-            nonlocal c
-            c = tnsim.compare(a, b, measure=measure, method="exact")
-
-        cold = clock(first)
+        cold, c = clock(lambda: tnsim.compare(a, b, measure=measure, method="exact"))
         c2, d2 = model(depth, args.d, args.hidden, bias, 3), model(depth, args.d, args.hidden, bias, 4)
-        warm = clock(lambda: tnsim.similarity(c2, d2, measure=measure, method="exact"))
+        warm, _ = clock(lambda: tnsim.similarity(c2, d2, measure=measure, method="exact"))
     finally:
         contract.pairings, exact.contract_pairings = all_pairings, all_loops
     extrapolated = sample and orbits[0] > sample
