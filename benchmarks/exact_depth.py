@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 import tnsim
-from tnsim import contract, exact
+from tnsim.plan import _contract as contract
+from tnsim.methods import _exact as exact
 
 
 def model(depth: int, d: int, hidden: int, bias: bool, seed: int) -> torch.nn.Module:

@@ -16,15 +16,15 @@ import math
 import torch
 
 import tnsim
-from tnsim.contract import dry_run
-from tnsim.exact import exact
-from tnsim.groups import count_matchings
-from tnsim.measures import GaussianMeasure, TensorMeasure
+from tnsim.plan._contract import dry_run
+from tnsim.methods._exact import exact
+from tnsim.ir._groups import count_matchings
+from tnsim.measures._kernels import GaussianMeasure, TensorMeasure
 
 
 def counts(net_a, net_b, measure):
     """(pairings before deduplication, orbits, contractions run) for <a, b>."""
-    from tnsim.exact import _orbit_count, make_kernel, prepare
+    from tnsim.methods._exact import _orbit_count, make_kernel, prepare
 
     a, b, dtype = prepare(net_a, net_b, measure)
     kind = "tensor" if isinstance(measure, TensorMeasure) else "gaussian"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tnsim
-from tnsim import contract
+from tnsim.plan import _contract as contract
 from models import bilinear, stack2
 
 

@@ -4,7 +4,8 @@ Compile a model into a sum of tensor-network terms, build the doubled network of
 let cotengra plan the contraction and torch run it.
 """
 
-from . import algebra, errors, nn
+from . import errors, nn
+from .ir import algebra as algebra
 from . import baselines, checkpoints, data, plot  # plot imports matplotlib lazily
 from .api import (
     EXACT_BUDGET_CONTRACTIONS,
@@ -18,7 +19,7 @@ from .api import (
     norm,
     similarity,
 )
-from .compile import compile, register
+from .frontends._compile import compile, register
 from .errors import (
     CheckpointError,
     NonFiniteError,
@@ -28,9 +29,9 @@ from .errors import (
     TnsimError,
     UnaffordableError,
 )
-from .matrix import similarity_matrix
-from .measures import GaussianMeasure, TensorMeasure
-from .network import (
+from .methods._matrix import similarity_matrix
+from .measures._kernels import GaussianMeasure, TensorMeasure
+from .ir._network import (
     Network,
     add,
     at_positions,
@@ -41,12 +42,12 @@ from .network import (
     stack,
     unstack,
 )
-from .parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
-from .paths import cache_dir, clear_cache, memory_limit, set_memory_limit
-from .spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
-from .symmetry import find_symmetries, with_symmetries
-from .term import Term, cp_term
-from .trace import trace
+from .frontends._parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
+from .plan._paths import cache_dir, clear_cache, memory_limit, set_memory_limit
+from .frontends._spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
+from .ir._symmetry import find_symmetries, with_symmetries
+from .ir._term import Term, cp_term
+from .frontends._trace import trace
 
 __version__ = "0.1.0"
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .contract import Scaled
+from .plan._contract import Scaled
 from .errors import UnaffordableError
-from .exact import Mode, choose_variants, exact, make_kernel, output_maps, prepare
-from .measures import TensorMeasure, as_measure
-from .network import Network
-from .recursive import recursive
+from .methods._exact import Mode, choose_variants, exact, make_kernel, output_maps, prepare
+from .measures._kernels import TensorMeasure, as_measure
+from .ir._network import Network
+from .methods._recursive import recursive
 
 __all__ = [
     "inner",
@@ -51,11 +51,11 @@ EXACT_BUDGET_CONTRACTIONS = 500
 
 def as_network(x, example_input=None) -> Network:
     """A :class:`Network` from a module (compiled) or a network (returned as is)."""
-    from .compile import compile as _compile
+    from .frontends._compile import compile as _compile
 
     net = x if isinstance(x, Network) else _compile(x, example_input)
     if net.out_shape == ():  # a scalar-valued model compares as a function with one output
-        from .algebra import reshape
+        from .ir.algebra import reshape
 
         net = reshape(net, (1,))
     return net
@@ -138,7 +138,7 @@ class Cost:
 
 
 def _cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
-    from . import paths
+    from .plan import _paths as paths
 
     itemsize = dtype.itemsize
     largest = stats.get("max_size", 0.0)
@@ -211,7 +211,7 @@ def _resolve_method(method: str, net_a: Network, net_b: Network, measure, output
     n, flops = _estimate_exact(net_a, net_b, measure, outputs)
     if n <= EXACT_BUDGET_CONTRACTIONS and flops <= EXACT_BUDGET_FLOPS:
         return "exact"
-    from .recursive import canonical_chain
+    from .methods._recursive import canonical_chain
 
     if len(canonical_chain(net_a)) != len(canonical_chain(net_b)):
         raise UnaffordableError(
@@ -393,7 +393,7 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     (6, True)
     """
     if isinstance(a, (list, tuple)):
-        from .matrix import matrix_cost
+        from .methods._matrix import matrix_cost
 
         return matrix_cost(a, b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
                            centred=centred, example_input=example_input, **matrix_options)
@@ -401,7 +401,7 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
         raise TypeError(f"unexpected options {sorted(matrix_options)} (they apply to lists of models)")
     if b is None:
         raise TypeError("cost(a, b) compares two models; pass a list to cost a matrix")
-    from .contract import dry_run
+    from .plan._contract import dry_run
 
     net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
     method = _resolve_method(method, net_a, net_b, meas, outputs)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .contract import Scaled, Side, contract_pairings, homogenised_group, normalised, pair_orbits, plan
-from .errors import ShapeMismatchError, StructureError
-from .groups import count_bijection_orbits, count_matching_orbits
-from .measures import GaussianKernel, GaussianMeasure, Space, TensorKernel, TensorMeasure, selector
-from .network import Network, pad_input
-from .term import Term
+from ..plan._contract import Scaled, Side, contract_pairings, homogenised_group, normalised, pair_orbits, plan
+from ..errors import ShapeMismatchError, StructureError
+from ..ir._groups import count_bijection_orbits, count_matching_orbits
+from ..measures._kernels import GaussianKernel, GaussianMeasure, Space, TensorKernel, TensorMeasure, selector
+from ..ir._network import Network, pad_input
+from ..ir._term import Term
 
 __all__ = ["exact", "output_maps", "sum_term_pairs", "Mode"]
 
@@ -173,7 +173,7 @@ def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode,
     count (the aligned pairing alone is the cheapest and would underestimate). With many, the
     Burnside count times the aligned pairing's cost is a lower bound.
     """
-    from .contract import _vanishing_rule, pairings, planned
+    from ..plan._contract import _vanishing_rule, pairings, planned
 
     la, lb = mode.labels(ta, tb)
     sides = [Side(ta, va, la, out_maps[0]), Side(tb, vb, lb, out_maps[1])]

@@ -29,18 +29,18 @@ from typing import Callable
 
 import torch
 
-from .algebra import simplify
-from .errors import NonFiniteError, NotMultilinearError
-from .network import Network, compose, pad_input, pad_output, positionwise
-from .nn import (
+from ..ir.algebra import simplify
+from ..errors import NonFiniteError, NotMultilinearError
+from ..ir._network import Network, compose, pad_input, pad_output, positionwise
+from ..nn import (
     Bilinear,
     BilinearAttention,
     Embedding,
     TensorTransformerBlock,
     Trilinear,
 )
-from .symmetry import with_symmetries
-from .term import Term, cp_term
+from ..ir._symmetry import with_symmetries
+from ..ir._term import Term, cp_term
 
 __all__ = ["compile", "register"]
 
@@ -119,7 +119,7 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
             raise
         net = None
     if net is None:
-        from .trace import trace
+        from ._trace import trace
 
         return trace(module, example_input, pad=pad, name=label)
     if net is _SKIP:

@@ -41,10 +41,10 @@ import torch
 from torch import fx
 from torch.fx.node import map_aggregate
 
-from . import algebra as alg
-from .errors import NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
-from .network import Network, compose, identity_network, positionwise
-from .symmetry import with_symmetries
+from ..ir import algebra as alg
+from ..errors import NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
+from ..ir._network import Network, compose, identity_network, positionwise
+from ..ir._symmetry import with_symmetries
 
 __all__ = ["trace"]
 
@@ -95,7 +95,7 @@ class _Proxy(fx.Proxy):
 
 
 def _is_leaf(m: torch.nn.Module) -> bool:
-    from .compile import _COMPILERS
+    from ._compile import _COMPILERS
 
     if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
         return False
@@ -349,7 +349,7 @@ class _Interpreter:
     # -- modules -------------------------------------------------------------------------------
 
     def call_module(self, target: str, args, kwargs) -> Sym:
-        from .compile import _SKIP, _compile
+        from ._compile import _SKIP, _compile
 
         module = self.module.get_submodule(target)
         if len(args) != 1 or kwargs or not isinstance(args[0], Sym):
@@ -781,7 +781,7 @@ def trace(module: torch.nn.Module, example_input, *, pad: bool | None = None, na
     name
         Label used in messages.
     """
-    from .compile import _check_finite, _uses_padding
+    from ._compile import _check_finite, _uses_padding
 
     x = torch.as_tensor(example_input)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)

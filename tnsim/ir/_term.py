@@ -31,8 +31,8 @@ from functools import cached_property
 
 import torch
 
-from .errors import StructureError
-from .groups import Perm, closure, shift, tuple_orbits
+from ..errors import StructureError
+from ._groups import Perm, closure, shift, tuple_orbits
 
 __all__ = ["Term", "cp_term", "compose_terms"]
 
@@ -189,7 +189,7 @@ class Term:
 
     def check_invariance(self, generator: Perm, atol: float = 1e-8) -> bool:
         """Numerically check that permuting copies by ``generator`` leaves the tensor unchanged."""
-        from .contract import evaluate_term
+        from ..plan._contract import evaluate_term
 
         gen = torch.Generator().manual_seed(0)
         dtype = self.arrays[0].dtype if self.arrays else torch.float64

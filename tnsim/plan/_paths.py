@@ -60,7 +60,9 @@ def clear_cache(disk: bool = True) -> None:
     The next comparison searches its paths again (a cold start). Deleting the folder
     :func:`cache_dir` by hand has the same effect on disk.
     """
-    from . import contract, exact, matrix
+    from . import _contract as contract
+    from ..methods import _exact as exact
+    from ..methods import _matrix as matrix
 
     _MEMORY.clear()
     contract.clear_memory_cache()
@@ -94,7 +96,7 @@ def memory_limit() -> float | None:
 def check_allocation(shape, itemsize: int, what: str) -> None:
     """Raise :class:`~tnsim.errors.UnaffordableError` before allocating a dense array of
     ``shape`` that exceeds the memory limit (states and metrics built outside contractions)."""
-    from .errors import UnaffordableError
+    from ..errors import UnaffordableError
 
     numel = 1
     for s in shape:

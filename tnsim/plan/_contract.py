@@ -25,11 +25,11 @@ from functools import lru_cache
 import torch
 from tqdm.auto import tqdm
 
-from . import paths
-from .errors import UnaffordableError
-from .execute import execute
-from .groups import Perm, bijection_orbits, matching_orbits
-from .term import Term
+from . import _paths as paths
+from ..errors import UnaffordableError
+from ._execute import execute
+from ..ir._groups import Perm, bijection_orbits, matching_orbits
+from ..ir._term import Term
 
 __all__ = [
     "Piece", "Side", "Scaled", "pair_orbits", "pairings", "planned", "contract_pairings",
@@ -109,7 +109,7 @@ def pair_orbits(kind: str, k_a: int, gens_a: tuple, k_b: int, gens_b: tuple, par
     ``kind='tensor'``: bijections (``k_a == k_b``); ``kind='gaussian'``: matchings of the
     ``k_a + k_b`` copies (``k_b = 0`` for a single side).
     """
-    from .groups import shift
+    from ..ir._groups import shift
 
     if kind == "tensor":
         return tuple(bijection_orbits(k_a, list(gens_a), list(gens_b)))

@@ -43,14 +43,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .api import _cosine, _resolve_method, as_network
-from .contract import Scaled, dry_run, quiet
-from .errors import StructureError, UnaffordableError
-from .exact import Mode, exact
-from .execute import shared_intermediates
-from .measures import GaussianMeasure, as_measure
-from .network import Network, stack, unstack
-from .recursive import recursive
+from ..api import _cosine, _resolve_method, as_network
+from ..plan._contract import Scaled, dry_run, quiet
+from ..errors import StructureError, UnaffordableError
+from ._exact import Mode, exact
+from ..plan._execute import shared_intermediates
+from ..measures._kernels import GaussianMeasure, as_measure
+from ..ir._network import Network, stack, unstack
+from ._recursive import recursive
 
 __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
 
@@ -253,7 +253,7 @@ def plan_matrix(
     in ``memory`` bytes (default: :func:`tnsim.paths.memory_limit`); if even one model per
     chunk does not fit, :class:`~tnsim.errors.UnaffordableError` says how much it needs.
     """
-    from . import paths
+    from ..plan import _paths as paths
 
     meas = as_measure(measure, mean, cov, centred)
     symmetric = models_b is None
@@ -313,7 +313,7 @@ def matrix_cost(models, models_b=None, **options):
     Sums flops and contractions over the blocks that would run (and the per-model norms);
     ``largest_intermediate`` is the largest of any block.
     """
-    from .api import _cost_from_stats
+    from ..api import _cost_from_stats
 
     plan = plan_matrix(models, models_b, **options)
     stats: dict = {"paths": []}
@@ -502,7 +502,7 @@ def similarity_matrix(
     (torch.Size([3, 3]), True)
     """
     if isinstance(measure, str) and measure not in ("tensor", "gaussian"):
-        from . import baselines
+        from .. import baselines
 
         # pass the shared options on (a baseline that has no use for one rejects it by name)
         shared = {"outputs": outputs, "mean": mean, "cov": cov}
@@ -522,7 +522,7 @@ def similarity_matrix(
 
 
 def _header(plan: MatrixPlan) -> dict:
-    from .results import fingerprint, tensor_digest
+    from ..results import fingerprint, tensor_digest
 
     meas = plan.measure
     options = {"measure": meas.describe()}
@@ -547,8 +547,8 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     """Compute a planned matrix (see :func:`similarity_matrix` for the options)."""
     from tqdm.auto import tqdm
 
-    from .distributed import run_tasks
-    from .results import ResultsFile
+    from ..distributed import run_tasks
+    from ..results import ResultsFile
 
     device = plan.device
     out = torch.full(plan.shape, float("nan"), dtype=torch.float64, device=device)

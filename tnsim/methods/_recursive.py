@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from . import paths
-from .contract import Piece, Scaled
-from .errors import StructureError
-from .exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
-from .measures import GaussianMeasure, Space, TensorMeasure, embedded, pad_pieces
-from .network import Network, compose, pad_input
+from ..plan import _paths as paths
+from ..plan._contract import Piece, Scaled
+from ..errors import StructureError
+from ._exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
+from ..measures._kernels import GaussianMeasure, Space, TensorMeasure, embedded, pad_pieces
+from ..ir._network import Network, compose, pad_input
 
 __all__ = ["recursive", "canonical_chain"]
 
@@ -138,7 +138,7 @@ class _StateGaussianKernel:
 
 def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
     """The tensor-measure metric between input copies as one dense array."""
-    from .measures import TensorKernel
+    from ..measures._kernels import TensorKernel
 
     pieces = TensorKernel(space_a, space_b, like).pair("a", "b")
     if len(pieces) == 1 and len(pieces[0].legs) == len(space_a.shape) + len(space_b.shape):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .contract import Piece
-from .errors import NonFiniteError, ShapeMismatchError
+from ..plan._contract import Piece
+from ..errors import NonFiniteError, ShapeMismatchError
 
 __all__ = ["TensorMeasure", "GaussianMeasure", "as_measure", "Space"]
 
@@ -230,7 +230,7 @@ class TensorKernel:
             self._pair = (Piece(m, (("p", 0), ("q", 0)), identity=True),)
         elif both:
             n = space_a.shape[0]
-            from .paths import check_allocation
+            from ..plan._paths import check_allocation
 
             check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize, "the padded sequence metric")
             eye = torch.eye(n, dtype=like.dtype, device=like.device)

@@ -23,8 +23,8 @@ from functools import cached_property
 
 import torch
 
-from .errors import ShapeMismatchError, StructureError
-from .term import Term, expand_composition
+from ..errors import ShapeMismatchError, StructureError
+from ._term import Term, expand_composition
 
 __all__ = [
     "Network",
@@ -462,7 +462,7 @@ def identity_network(
 
 def stack(nets: list[Network], name: str | None = None) -> Network:
     """One batched network from networks of identical structure (model index = batch axis)."""
-    from .errors import StructureError as _SE
+    from ..errors import StructureError as _SE
 
     first = nets[0]
     for i, n in enumerate(nets[1:], 1):
@@ -480,7 +480,7 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
         return memo[key][0]
 
     def stack_terms(groups: list[tuple[Term, ...]]) -> tuple[Term, ...]:
-        from .contract import copy_support
+        from ..plan._contract import copy_support
 
         out = []
         for parts in zip(*groups):

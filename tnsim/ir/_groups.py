@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import UnaffordableError
+from ..errors import UnaffordableError
 
 __all__ = [
     "closure",
