@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import tnsim
+from tnsim import _caches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -114,4 +115,4 @@ def isolated_cache(tmp: str) -> None:
     tnsim.clear_cache(disk=False)
     from tnsim.plan import _contract as contract
 
-    contract.clear_memory_cache()
+    _caches.clear()

@@ -15,6 +15,8 @@ __all__ = [
     "UnaffordableError",
     "StructureError",
     "CheckpointError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -44,3 +46,11 @@ class StructureError(TnsimError, ValueError):
 
 class CheckpointError(TnsimError, ValueError):
     """A checkpoint file is missing, corrupt, untrusted or does not match its description."""
+
+
+class InvalidArgumentError(TnsimError, ValueError):
+    """An argument has a value tnsim cannot use (an unknown name, a negative size, ...)."""
+
+
+class ArgumentTypeError(TnsimError, TypeError):
+    """An argument has the wrong type, or an option is passed where it does not apply."""

@@ -15,61 +15,16 @@ the smaller estimated cost (orbit count x flops) wins.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-from ..plan._contract import Scaled, Side, contract_pairings, homogenised_group, normalised, pair_orbits, plan
-from ..errors import ShapeMismatchError, StructureError
-from ..ir._groups import count_bijection_orbits, count_matching_orbits
-from ..measures._kernels import GaussianKernel, GaussianMeasure, Space, TensorKernel, TensorMeasure, selector
-from ..ir._network import Network, pad_input
+from .. import _caches
+from ..doubled import Side, aligned_blocks, count_orbits, pairings, vanishing_rule
+from ..ir._network import Network
 from ..ir._term import Term
+from ..plan._contract import Scaled, contract_pairings, normalised, planned
+from ._prepare import Mode, Prepared
 
-__all__ = ["exact", "output_maps", "sum_term_pairs", "Mode"]
-
-
-@dataclass(frozen=True)
-class Mode:
-    """How model stacks meet: ``pair`` (all a x b), ``diag`` (same stack, model i with i)."""
-
-    kind: str = "pair"
-
-    def labels(self, a: Network | Term, b: Network | Term) -> tuple[str | None, str | None]:
-        if self.kind == "diag":
-            return "n#", "n#"
-        return ("a#" if a.batch else None), ("b#" if b.batch else None)
-
-
-def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    """Per output axis, the matrix applied before outputs are compared (``None``: identity).
-
-    ``outputs`` is ``None`` (all real outputs), a list of output indices, or a ``(k, d_out)``
-    projection. The constant coordinate of a padded output is always dropped.
-    """
-    d = net.d_out
-    space = Space(tuple(net.out_shape), net.out_padded)
-    if outputs is None:
-        proj = None
-    elif isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
-        if outputs.shape[1] != d:
-            raise ShapeMismatchError(
-                f"output projection has shape {tuple(outputs.shape)}, the models have {d} outputs"
-            )
-        proj = outputs.to(dtype=like.dtype, device=like.device)
-    else:
-        idx = [int(i) for i in (outputs.tolist() if isinstance(outputs, torch.Tensor) else outputs)]
-        bad = [i for i in idx if not -d <= i < d]
-        if bad:
-            raise ShapeMismatchError(f"output indices {bad} out of range for {d} outputs")
-        proj = torch.eye(d, dtype=like.dtype, device=like.device)[idx]
-    if proj is None and not net.out_padded:
-        feat = None
-    else:
-        sel = selector(space, like)
-        feat = sel if proj is None else proj @ sel
-    return (None,) * (len(net.out_shape) - 1) + (feat,)
+__all__ = ["exact", "sum_term_pairs", "choose_variants", "estimate"]
 
 
 def _log_shape(la, lb, mode: Mode):
@@ -88,7 +43,6 @@ def sum_term_pairs(
     terms_b: tuple[Term, ...] | None,
     kernel,
     *,
-    kind: str,
     open_outputs: bool,
     mode: Mode,
     virtual_a=lambda t: 0,
@@ -98,7 +52,7 @@ def sum_term_pairs(
     stats: dict | None = None,
     normalise: bool = True,
 ) -> Scaled:
-    """Sum of :func:`~tnsim.contract.contract_pairings` over all term pairs, with scales.
+    """Sum of :func:`~tnsim.plan._contract.contract_pairings` over all term pairs, with scales.
 
     ``terms_b=None`` computes a single-side Gaussian expectation (means). Returns a
     :class:`Scaled` whose per-model logs are the largest log-norm over each side's terms.
@@ -137,7 +91,7 @@ def sum_term_pairs(
                 else:
                     w = wa[:, None] * wb[None, :]
             value = contract_pairings(
-                sides, kernel, kind=kind, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats
+                sides, kernel, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats
             )
             w = w.to(value.device)
             value = value * w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
@@ -151,21 +105,12 @@ def sum_term_pairs(
 # --- variant choice --------------------------------------------------------------------------
 
 
-def _orbit_count(kind: str, ta: Term, tb: Term, va: int, vb: int, partial: bool) -> int:
-    if kind == "tensor":
-        k = ta.degree + va
-        return count_bijection_orbits(
-            k, list(homogenised_group(ta, va)), list(homogenised_group(tb, vb))
-        )
-    return count_matching_orbits(ta.degree, list(ta.group), tb.degree, list(tb.group), partial)
-
-
 #: plan sampled representatives to estimate flops when there are at most this many orbits
 SAMPLE_BELOW = 5000
 SAMPLES = 5
 
 
-def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count):
+def _estimated_flops(ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count):
     """``(contractions, flops)`` of all orbit contractions of one term pair; runs none.
 
     With few orbits they are enumerated, exactly-zero pairings dropped (as the executor
@@ -173,56 +118,40 @@ def _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode,
     count (the aligned pairing alone is the cheapest and would underestimate). With many, the
     Burnside count times the aligned pairing's cost is a lower bound.
     """
-    from ..plan._contract import _vanishing_rule, pairings, planned
-
     la, lb = mode.labels(ta, tb)
     sides = [Side(ta, va, la, out_maps[0]), Side(tb, vb, lb, out_maps[1])]
     if count <= SAMPLE_BELOW:
-        reps, _ = pairings(sides, kernel, kind)
-        vanishes = _vanishing_rule(sides, kernel, kind)
+        reps, _ = pairings(sides, kernel)
+        vanishes = vanishing_rule(sides, kernel)
         if vanishes is not None:
-            reps = [r for r in reps if not vanishes(r[2], r[3])]
+            reps = [r for r in reps if not vanishes(r[2])]
         if not reps:
             return 0, 0.0
         step = max(1, len(reps) // SAMPLES)
         sample = reps[::step][:SAMPLES]
-        flops = [planned(sides, kernel, kind, open_outputs, r[0], r[2], r[3]).flops for r in sample]
+        flops = [planned(sides, kernel, open_outputs, r[0], r[2]).flops for r in sample]
         return len(reps), len(reps) * sum(flops) / len(flops)
-    if kind == "tensor":
-        k = ta.degree + va
-        pairs, singles = [((0, i), (1, i)) for i in range(k)], []
-    else:
-        partial = bool(getattr(kernel, "partial", False))
-        pairs = [((0, i), (1, i)) for i in range(min(ta.degree, tb.degree))]
-        rest = [(0, i) for i in range(len(pairs), ta.degree)] + [(1, i) for i in range(len(pairs), tb.degree)]
-        while len(rest) >= 2 and not partial:
-            pairs.append((rest.pop(0), rest.pop(0)))
-        singles = rest + [(si, c) for si, s in enumerate(sides) for c in range(s.term.degree, s.degree)]
-    return count, count * planned(sides, kernel, kind, open_outputs, ("aligned",), pairs, singles).flops
+    blocks = aligned_blocks(sides, kernel)
+    return count, count * planned(sides, kernel, open_outputs, ("aligned",), blocks).flops
 
 
-def estimate(
-    kind, terms_a, terms_b, kernel, virtual, out_maps, open_outputs=False, mode=Mode()
-) -> tuple[int, float]:
+def estimate(terms_a, terms_b, kernel, virtual, out_maps, open_outputs=False, mode=Mode()) -> tuple[int, float]:
     """(number of orbit contractions, estimated flops); contracts nothing."""
-    partial = bool(getattr(kernel, "partial", False))
     n, flops = 0, 0.0
     for ta in terms_a:
         for tb in terms_b:
             va, vb = virtual(ta), virtual(tb)
-            c = _orbit_count(kind, ta, tb, va, vb, partial)
-            c, f = _estimated_flops(kind, ta, tb, va, vb, kernel, out_maps, open_outputs, mode, c)
+            c = count_orbits(kernel, ta, tb, va, vb)
+            c, f = _estimated_flops(ta, tb, va, vb, kernel, out_maps, open_outputs, mode, c)
             n += c
             flops += f
     return n, flops
 
 
-_CHOICES: dict = {}
+_CHOICES = _caches.memo("variant choices")
 
 
-def choose_variants(
-    net_a: Network, net_b: Network, kind, kernel, virtual, out_maps, open_outputs=False, mode=Mode()
-):
+def choose_variants(net_a: Network, net_b: Network, kernel, virtual, out_maps, open_outputs=False, mode=Mode()):
     """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper.
 
     The choice depends on structure only and is remembered per structure (the blocks of a
@@ -234,7 +163,7 @@ def choose_variants(
     if net_a.raw is not None:
         options.append((net_a.raw, net_b.terms))
     key = (
-        kind, net_a.structure, net_b.structure, net_a.batch, net_b.batch, kernel.structure,
+        net_a.structure, net_b.structure, net_a.batch, net_b.batch, kernel.structure,
         open_outputs, mode,
         tuple(tuple(None if m is None else tuple(m.shape) for m in om or ()) for om in out_maps),
         tuple(virtual(t) for ta, tb in options for t in ta + tb),
@@ -243,7 +172,7 @@ def choose_variants(
     if hit is None:
         best = None
         for i, (ta, tb) in enumerate(options):
-            n, flops = estimate(kind, ta, tb, kernel, virtual, out_maps, open_outputs, mode)
+            n, flops = estimate(ta, tb, kernel, virtual, out_maps, open_outputs, mode)
             score = flops + 2e5 * n  # per-contraction overhead of roughly 0.1 ms
             if best is None or score < best[0]:
                 best = (score, i, n, flops)
@@ -255,116 +184,52 @@ def choose_variants(
 # --- the exact method ------------------------------------------------------------------------
 
 
-def prepare(net_a: Network, net_b: Network, measure) -> tuple[Network, Network, torch.dtype]:
-    """Check that two networks can be compared, pad as the measure needs, pick a dtype."""
-    if net_a.real_in_shape != net_b.real_in_shape:
-        raise ShapeMismatchError(
-            f"input shapes differ: {net_a.name} takes {net_a.real_in_shape}, "
-            f"{net_b.name} takes {net_b.real_in_shape}"
-        )
-    if net_a.real_out_shape != net_b.real_out_shape:
-        raise ShapeMismatchError(
-            f"output shapes differ: {net_a.name} gives {net_a.real_out_shape}, "
-            f"{net_b.name} gives {net_b.real_out_shape}"
-        )
-    if net_a.device != net_b.device:
-        raise StructureError(
-            f"models are on different devices ({net_a.device} and {net_b.device}); move one"
-        )
-    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
-    if isinstance(measure, TensorMeasure):
-        k = max(net_a.degree, net_b.degree)
-        if any(t.degree < k for t in net_a.terms) and not net_a.in_padded:
-            net_a = pad_input(net_a)
-        if any(t.degree < k for t in net_b.terms) and not net_b.in_padded:
-            net_b = pad_input(net_b)
-    return net_a, net_b, dtype
-
-
-_KERNELS: dict = {}
-
-
-def make_kernel(measure, net_a: Network, net_b: Network, like: torch.Tensor):
-    """The measure's kernel between the two input frames (reused while nothing changed).
-
-    Kernels hold ``(d+1) x (d+1)`` matrices; the few most recent are kept, keyed by the
-    measure object, its tensors' version counters (in-place edits invalidate), the frames,
-    dtype and device, so the many comparisons of a matrix build them once.
-    """
-    sa = Space(tuple(net_a.in_shape), net_a.in_padded)
-    sb = Space(tuple(net_b.in_shape), net_b.in_padded)
-    tensors = (getattr(measure, "mean", None), getattr(measure, "cov", None))
-    versions = tuple(x._version if isinstance(x, torch.Tensor) else None for x in tensors)
-    key = (id(measure), versions, sa, sb, like.dtype, like.device)
-    hit = _KERNELS.get(key)
-    if hit is not None and hit[0] is measure:
-        return hit[1]
-    kernel = TensorKernel(sa, sb, like) if isinstance(measure, TensorMeasure) else GaussianKernel(measure, sa, sb, like)
-    if len(_KERNELS) >= 8:
-        _KERNELS.pop(next(iter(_KERNELS)))
-    _KERNELS[key] = (measure, kernel)
-    return kernel
+def virtual_copies(prepared: Prepared):
+    """Virtual (homogenising) copies per term: up to the top degree for measures that
+    homogenise (the tensor measure), none otherwise."""
+    if not prepared.measure.homogenise:
+        return lambda t: 0
+    k = max(prepared.a.degree, prepared.b.degree)
+    return lambda t: k - t.degree
 
 
 def exact(
-    net_a: Network,
-    net_b: Network,
-    measure,
+    prepared: Prepared,
     outputs=None,
     *,
+    which: str = "ab",
     mode: Mode = Mode(),
     stats: dict | None = None,
 ) -> Scaled:
-    """Exact inner product ``<a, b>`` (a matrix for model stacks, a vector in ``diag`` mode)."""
-    net_a, net_b, dtype = prepare(net_a, net_b, measure)
-    like = torch.empty((), dtype=dtype, device=net_a.device)
-    kernel = make_kernel(measure, net_a, net_b, like)
-    maps = (output_maps(net_a, outputs, like), output_maps(net_b, outputs, like))
-    kind = "tensor" if isinstance(measure, TensorMeasure) else "gaussian"
-    if kind == "tensor":
-        k = max(net_a.degree, net_b.degree)
-        virtual = lambda t: k - t.degree  # noqa: E731
-    else:
-        virtual = lambda t: 0  # noqa: E731
-    terms_a, terms_b, n, flops = choose_variants(net_a, net_b, kind, kernel, virtual, maps, mode=mode)
+    """Exact inner product of the pair ``which`` of ``prepared`` (``"ab"``, ``"aa"``, ``"bb"``):
+    a number, a matrix for model stacks, a vector in ``diag`` mode."""
+    net_a, net_b = prepared.nets(which)
+    kernel = prepared.kernel(which)
+    like = prepared.like
+    maps = prepared.maps(outputs)
+    maps = (maps[0] if which[0] == "a" else maps[1], maps[0] if which[1] == "a" else maps[1])
+    virtual = virtual_copies(prepared)
+    terms_a, terms_b, n, flops = choose_variants(net_a, net_b, kernel, virtual, maps, mode=mode)
     if stats is not None:
         stats["variant"] = (
             "sym" if terms_a is net_a.terms else "raw",
             "sym" if terms_b is net_b.terms else "raw",
         )
     result = sum_term_pairs(
-        terms_a, terms_b, kernel, kind=kind, open_outputs=False, mode=mode,
-        virtual_a=virtual, virtual_b=virtual, out_maps=maps, dtype=dtype, stats=stats,
+        terms_a, terms_b, kernel, open_outputs=False, mode=mode,
+        virtual_a=virtual, virtual_b=virtual, out_maps=maps, dtype=prepared.dtype, stats=stats,
     )
-    if kind == "gaussian" and measure.centred:
-        mean_a = _mean(terms_a, kernel, maps[0], mode, dtype, stats, side="a")
-        mean_b = _mean(terms_b, _swap(kernel), maps[1], mode, dtype, stats, side="b")
+    if prepared.measure.centred:
+        mean_a = _mean(terms_a, kernel.seen_from("a"), maps[0], mode, prepared.dtype, stats)
+        mean_b = _mean(terms_b, kernel.seen_from("b"), maps[1], mode, prepared.dtype, stats)
         result = _subtract_mean_product(result, mean_a, mean_b, mode)
     return result
 
 
-class _swap:
-    """A kernel seen from side b (so single-side expectations of b use b's frame)."""
-
-    def __init__(self, kernel):
-        self.k = kernel
-        self.partial = kernel.partial
-        self.structure = ("swap",) + tuple(kernel.structure)
-
-    def pair(self, s1, s2):
-        return self.k.pair("b", "b")
-
-    def single(self, s):
-        return self.k.single("b")
-
-    def pad(self, s):
-        return self.k.pad("b")
-
-
-def _mean(terms, kernel, out_map, mode, dtype, stats, side) -> Scaled:
+def _mean(terms, kernel, out_map, mode, dtype, stats) -> Scaled:
     """:math:`\\mathbb E f` mapped to compared outputs: shape (batch..., k...)."""
     value = sum_term_pairs(
-        terms, None, kernel, kind="gaussian", open_outputs=True,
+        terms, None, kernel, open_outputs=True,
         mode=Mode("pair") if mode.kind == "pair" else mode, out_maps=(out_map, None),
         dtype=dtype, stats=stats,
     )
