@@ -88,7 +88,7 @@ def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
     time of the orbit loops (not of compilation or orbit enumeration) is scaled up by
     orbits / sample.
     """
-    all_pairings, all_loops = contract.pairings, exact.contract_pairings
+    all_pairings, all_loops = contract.live_pairings, exact.contract_pairings
     orbits, loops = [], []  # orbits per inner product; (loop seconds, scale) per orbit loop
 
     def sampled(*a, **kw):
@@ -114,13 +114,13 @@ def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
     a, b = model(depth, args.d, args.hidden, bias, 1), model(depth, args.d, args.hidden, bias, 2)
     _caches.clear()
     tnsim.clear_cache()
-    contract.pairings, exact.contract_pairings = sampled, timed
+    contract.live_pairings, exact.contract_pairings = sampled, timed
     try:
         cold, c = clock(lambda: tnsim.compare(a, b, measure=measure, method="exact"))
         c2, d2 = model(depth, args.d, args.hidden, bias, 3), model(depth, args.d, args.hidden, bias, 4)
         warm, _ = clock(lambda: tnsim.similarity(c2, d2, measure=measure, method="exact"))
     finally:
-        contract.pairings, exact.contract_pairings = all_pairings, all_loops
+        contract.live_pairings, exact.contract_pairings = all_pairings, all_loops
     extrapolated = sample and orbits[0] > sample
     # contractions after dropping exactly-vanishing pairings; a sample counts its orbits
     row = dict(contractions=orbits[0] if extrapolated else c.cost.contractions // 3, cold_s=cold, warm_s=warm)

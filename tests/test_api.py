@@ -50,7 +50,7 @@ def test_compare_reports_method_and_cost():
 def test_auto_picks_exact_when_cheap_and_recursive_beyond_budget(monkeypatch):
     a, b = stack2(seed=1), stack2(seed=2)
     assert tnsim.compare(a, b, method="auto").method == "exact"
-    monkeypatch.setattr(tnsim.api, "EXACT_BUDGET_CONTRACTIONS", 1)
+    monkeypatch.setattr(tnsim.methods._choose, "EXACT_BUDGET_CONTRACTIONS", 1)
     c = tnsim.compare(a, b, method="auto")
     assert c.method == "recursive"
     assert c.value == pytest.approx(tnsim.similarity(a, b, method="recursive"), abs=1e-12)

@@ -40,7 +40,7 @@ def test_cost_runs_no_contraction_and_matches_the_real_run(measure, method, monk
     real = tnsim.compare(a, b, measure=measure, method=method).cost
     with monkeypatch.context() as m:
         forbid_contractions(m)
-        c = tnsim.cost(a, b, measure=measure, method=method)
+        c = tnsim.cost(a, b, measure=measure, method=method, samples=None)  # plan every orbit
     assert c.contractions == real.contractions > 0
     assert c.flops == pytest.approx(real.flops) and c.flops > 0
     assert c.largest_intermediate == real.largest_intermediate
@@ -59,7 +59,7 @@ def test_cost_counts_orbit_contractions_without_running_them(no_contractions):
 
 def test_executed_flops_equal_planned_flops_minus_shared_work(monkeypatch):
     a, b = stack2(seed=1), stack2(seed=2)
-    planned = tnsim.cost(a, b, measure="gaussian", method="exact").flops
+    planned = tnsim.cost(a, b, measure="gaussian", method="exact", samples=None).flops
     with execute.count_flops() as n:
         tnsim.similarity(a, b, measure="gaussian", method="exact")
     assert 0 < n["flops"] < planned  # layer-1 products recur across the copies of layer 2
@@ -72,7 +72,7 @@ def test_executed_flops_equal_planned_flops_minus_shared_work(monkeypatch):
 def test_matrix_cost_is_what_the_matrix_runs(monkeypatch):
     models = [stack2(seed=s) for s in range(5)]
     kw = dict(measure="gaussian", method="exact", block_size=2)
-    c = tnsim.cost(models, **kw)
+    c = tnsim.cost(models, samples=None, **kw)
     monkeypatch.setattr(execute, "SHARING", False)
     with execute.count_flops() as n:
         tnsim.similarity_matrix(models, progress=False, **kw)
@@ -157,3 +157,16 @@ def test_dense_states_over_the_limit_are_refused_before_allocation(limit):
         with pytest.raises(tnsim.UnaffordableError, match=r"\(32, 8, 32, 8\).*MiB"):
             run(a, b, method="recursive")
     assert tnsim.cost(a, b, method="exact").fits  # the exact method joins the positions instead
+
+
+def test_cost_counts_every_orbit_and_estimates_flops_from_a_sample():
+    """cost() plans a sample per term pair: the contraction count is exact, the flops close."""
+    import models as M
+
+    a, b = M.stack2(bias=True, seed=1), M.stack2(bias=True, seed=2)
+    est = tnsim.cost(a, b, measure="gaussian", method="exact")
+    ran = tnsim.compare(a, b, measure="gaussian", method="exact").cost
+    assert est.contractions == ran.contractions
+    assert est.estimated and not ran.estimated
+    assert 0.5 < est.flops / ran.flops < 2.0
+    assert est.largest_intermediate <= ran.largest_intermediate

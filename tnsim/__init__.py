@@ -4,7 +4,7 @@ Compile a model into a sum of tensor-network terms, build the doubled network of
 let cotengra plan the contraction and torch run it.
 """
 
-from . import baselines, checkpoints, data, errors, nn, plot  # plot imports matplotlib lazily
+from . import algebra, baselines, checkpoints, data, errors, nn, plot  # plot: matplotlib lazily
 from ._memory import memory_limit, set_memory_limit
 from .api import Comparison, compare, cost, inner, norm, similarity
 from .errors import (
@@ -32,7 +32,6 @@ from .ir import (
     Network,
     Term,
     add,
-    algebra,
     at_positions,
     chain_slice,
     compose,

@@ -28,6 +28,7 @@ from .methods._choose import (
     EXACT_BUDGET_CONTRACTIONS,
     EXACT_BUDGET_FLOPS,
     Cost,
+    check_norms,
     cosine,
     cost_from_stats,
     resolve_method,
@@ -36,7 +37,7 @@ from .methods._exact import exact
 from .methods._matrix import matrix_cost
 from .methods._prepare import Mode, Prepared, prepare
 from .methods._recursive import recursive
-from .plan._contract import Scaled, dry_run
+from .plan._contract import DRY_SAMPLES, Scaled, dry_run
 
 __all__ = [
     "inner",
@@ -169,7 +170,9 @@ def similarity(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov
     1.0
     """
     p = _inputs(a, b, measure, mean, cov, centred, example_input)
-    value = cosine(*_similarity_scaled(p, resolve_method(method, p, outputs), outputs))
+    ab, aa, bb = _similarity_scaled(p, resolve_method(method, p, outputs), outputs)
+    check_norms(aa, bb, p.a.name, p.b.name, p.measure.describe())
+    value = cosine(ab, aa, bb)
     return float(value) if value.dim() == 0 else value
 
 
@@ -180,6 +183,7 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
     method = resolve_method(method, p, outputs)
     stats: dict = {}
     ab, aa, bb = _similarity_scaled(p, method, outputs, stats)
+    check_norms(aa, bb, p.a.name, p.b.name, p.measure.describe())
     value = float(cosine(ab, aa, bb))
     meas = p.measure
     c = cost_from_stats(stats, method, meas.describe(), p.dtype)
@@ -196,13 +200,19 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
 
 
 def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
-         outputs=None, centred: bool = False, example_input=None, **matrix_options) -> Cost:
-    """Plan every contraction of ``similarity(a, b, ...)`` and report its cost; runs none.
+         outputs=None, centred: bool = False, example_input=None, samples: int | None = DRY_SAMPLES,
+         **matrix_options) -> Cost:
+    """Estimate what ``similarity(a, b, ...)`` costs, in seconds, without contracting anything.
 
-    With lists of models, ``cost(models)`` / ``cost(models_a, models_b)`` costs
+    Every orbit of pairings is counted exactly (after the zero rules); per term pair a spread
+    sample of at most :data:`tnsim.plan._contract.DRY_SAMPLES` orbits is planned and its flops
+    and intermediates scaled by the count, so the answer comes in seconds even where the run
+    takes hours; ``Cost.estimated`` says when the figures are such an estimate;
+    ``samples=None`` plans every orbit instead (exact figures, at the price of a full planning
+    pass: slow for large models). With lists of
+    models, ``cost(models)`` / ``cost(models_a, models_b)`` costs
     :func:`tnsim.similarity_matrix` instead (same blocks, same options, e.g. ``block_size``,
-    ``memory``). Paths are searched (or read from the disk cache) as for a real run, so a
-    later run starts warm; no tensor is contracted.
+    ``memory``). The sampled paths are cached as in a real run.
 
     Examples
     --------
@@ -216,7 +226,8 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     """
     if isinstance(a, (list, tuple)):
         return matrix_cost(a, b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
-                           centred=centred, example_input=example_input, **matrix_options)
+                           centred=centred, example_input=example_input, samples=samples,
+                           **matrix_options)
     if matrix_options:
         raise ArgumentTypeError(f"unexpected options {sorted(matrix_options)} (they apply to lists of models)")
     if b is None:
@@ -224,6 +235,6 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     p = _inputs(a, b, measure, mean, cov, centred, example_input)
     method = resolve_method(method, p, outputs)
     stats: dict = {"paths": []}
-    with dry_run():
+    with dry_run(samples):
         _similarity_scaled(p, method, outputs, stats)
     return cost_from_stats(stats, method, p.measure.describe(), p.dtype)

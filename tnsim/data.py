@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InvalidArgumentError
+
 __all__ = [
     "Dataset",
     "Split",
@@ -202,14 +204,14 @@ def sample(
         return torch.randn(n, d, **kw) + SHIFT
     if name in ("data", "data_noise"):
         if data is None:
-            raise ValueError(f"distribution {name!r} needs data=")
+            raise InvalidArgumentError(f"distribution {name!r} needs data=")
         if data.shape[1] != d:
-            raise ValueError(f"data has {data.shape[1]} features, asked for {d}")
+            raise InvalidArgumentError(f"data has {data.shape[1]} features, asked for {d}")
         rows = data[torch.randint(0, len(data), (n,), generator=generator)].to(dtype)
         if name == "data_noise":
             rows = rows + DATA_NOISE * torch.randn(n, d, **kw)
         return rows
-    raise ValueError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")
+    raise InvalidArgumentError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")
 
 
 def moments(
@@ -225,4 +227,4 @@ def moments(
         x = data.to(torch.float64)
         mean, cov = x.mean(0), torch.cov(x.T, correction=0)
         return mean, cov + (DATA_NOISE**2 * eye if name == "data_noise" else 0)
-    raise ValueError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")
+    raise InvalidArgumentError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")

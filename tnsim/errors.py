@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "InvalidArgumentError",
     "ArgumentTypeError",
+    "ZeroNormError",
 ]
 
 
@@ -54,3 +55,7 @@ class InvalidArgumentError(TnsimError, ValueError):
 
 class ArgumentTypeError(TnsimError, TypeError):
     """An argument has the wrong type, or an option is passed where it does not apply."""
+
+
+class ZeroNormError(TnsimError, ValueError):
+    """A model has zero norm under the chosen measure and outputs: its similarity is undefined."""

@@ -4,8 +4,15 @@
 * :mod:`._pairings` — which pairings or partitions are summed over, one per orbit.
 """
 
-from ._pairings import aligned_blocks, count_orbits, homogenised_group, pairings, vanishing_rule
+from ._pairings import (
+    aligned_blocks,
+    count_orbits,
+    homogenised_group,
+    live_pairings,
+    pairings,
+    vanishing_rule,
+)
 from ._sides import Equation, Side, build_equation, gather
 
-__all__ = ["Side", "Equation", "build_equation", "gather", "pairings", "vanishing_rule",
+__all__ = ["Side", "Equation", "build_equation", "gather", "pairings", "live_pairings", "vanishing_rule",
            "count_orbits", "aligned_blocks", "homogenised_group"]

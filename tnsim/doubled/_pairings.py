@@ -33,7 +33,7 @@ from ..ir._groups import (
 from ..ir._term import Term, copy_support
 from ._sides import Side
 
-__all__ = ["pairings", "vanishing_rule", "count_orbits", "aligned_blocks", "homogenised_group"]
+__all__ = ["pairings", "live_pairings", "vanishing_rule", "count_orbits", "aligned_blocks", "homogenised_group"]
 
 Copy = tuple[int, int]
 Pairing = tuple[tuple, int, list[tuple[Copy, ...]]]
@@ -147,3 +147,28 @@ def vanishing_rule(sides: list[Side], kernel):
         return any(not kernel.reaches([flags[c] for c in b]) for b in blocks)
 
     return vanishes
+
+
+_LIVE = _caches.memo("live pairings", maxsize=4096)
+
+
+def live_pairings(sides: list[Side], kernel) -> tuple[list[Pairing], float]:
+    """:func:`pairings` without the exactly-zero ones (:func:`vanishing_rule`), remembered per
+    structure: the terms' structures, virtual copies and supports, and the kernel's rules.
+
+    A matrix of checkpoints meets the same term pairs in every block; enumerating and
+    filtering their orbits once (rather than per block) keeps the warm loop to contractions.
+    """
+    key = (
+        kernel.scheme, _flag(kernel), kernel.decoupled, kernel.const_blocks, kernel.real_mean_zero,
+        tuple(kernel.spaces[lab].padded for lab in "ab"),
+        tuple((s.term.structure, s.virtual, copy_support(s.term) if kernel.decoupled else None) for s in sides),
+    )
+    hit = _LIVE.get(key)
+    if hit is None:
+        reps, norm = pairings(sides, kernel)
+        vanishes = vanishing_rule(sides, kernel)
+        if vanishes is not None:
+            reps = [r for r in reps if not vanishes(r[2])]
+        hit = _LIVE[key] = (reps, norm)
+    return hit

@@ -112,9 +112,7 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
     for si, side in enumerate(sides):
         for c in range(side.term.degree, side.degree):
             attach(kernel.pad(LABELS[si]), [_copy_legs(si, side, c, rank[si])], ("pad", LABELS[si]))
-    for block in blocks:
-        if all(c >= sides[si].term.degree for si, c in block) and len(block) == 1:
-            continue  # a virtual copy: its pad vector is attached above
+    for block in blocks:  # a virtual copy carries its pad vector and its block's pieces
         tag = _block_key(sides, block)
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
         attach(kernel.block(tag[1:]), legs, tag)

@@ -30,7 +30,7 @@ from dataclasses import replace
 import torch
 
 from ..ir.algebra import reshape, simplify
-from ..errors import NonFiniteError, NotMultilinearError
+from ..errors import ArgumentTypeError, NotMultilinearError
 from ..ir._network import Network, compose, pad_input, pad_output, positionwise
 from ..nn import (
     Bilinear,
@@ -72,7 +72,7 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
     if isinstance(module, Network):
         return module
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"cannot compile {type(module).__name__}: expected a torch.nn.Module")
+        raise ArgumentTypeError(f"cannot compile {type(module).__name__}: expected a torch.nn.Module")
     _check_finite(module, "")
     padded = _uses_padding(module) if pad is None else bool(pad)
     label = name or type(module).__name__

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import NonFiniteError, NotMultilinearError
+from ..errors import ArgumentTypeError, NonFiniteError, NotMultilinearError, StructureError
 from ..nn import Bilinear, BilinearAttention, Embedding, Trilinear
 
 __all__ = ["register"]
@@ -34,10 +34,23 @@ def register(module_type: type):
 
 
 def _check_finite(module: torch.nn.Module, path: str) -> None:
+    """Refuse parameters tnsim cannot compute with: without values (meta), not real floating
+    point (integer, complex), or with NaN / infinity. Low precision (float16, bfloat16) is
+    accepted: comparisons compute in float32 or better (:func:`tnsim.methods.prepare`)."""
     for name, p in module.named_parameters():
+        where = f"{path}.{name}" if path else name
+        if p.device.type == "meta":
+            raise StructureError(
+                f"parameter {where!r} (shape {tuple(p.shape)}) is on the meta device and has no "
+                "values; load or initialise the weights (module.to_empty(...), load_state_dict) first"
+            )
+        if not p.is_floating_point():
+            raise ArgumentTypeError(
+                f"parameter {where!r} has dtype {p.dtype}; tnsim compares real floating-point "
+                "weights (convert with module.float() or module.double())"
+            )
         if not torch.isfinite(p).all():
             bad = int((~torch.isfinite(p)).sum())
-            where = f"{path}.{name}" if path else name
             raise NonFiniteError(
                 f"parameter {where!r} (shape {tuple(p.shape)}) has {bad} NaN/inf entries"
             )

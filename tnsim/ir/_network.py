@@ -23,7 +23,7 @@ from functools import cached_property
 
 import torch
 
-from ..errors import ShapeMismatchError, StructureError
+from ..errors import InvalidArgumentError, ShapeMismatchError, StructureError
 from ._term import Term, copy_support, expand_composition
 
 __all__ = [
@@ -583,7 +583,7 @@ def concat(*nets: Network, name: str | None = None) -> Network:
     The result is one layer for the recursive method; its output is unpadded.
     """
     if not nets:
-        raise ValueError("concat needs at least one network")
+        raise InvalidArgumentError("concat needs at least one network")
     first = nets[0]
     for n in nets[1:]:
         if n.real_in_shape != first.real_in_shape or n.real_out_shape[:-1] != first.real_out_shape[:-1]:

@@ -7,7 +7,7 @@ Every measure implements the :class:`Measure` protocol (see :mod:`._base`); addi
 new module here that subclasses it, plus its tests.
 """
 
-from ..errors import ArgumentTypeError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ._base import Kernel, Measure, Piece, Space
 from ._gaussian import GaussianKernel, GaussianMeasure
 from ._tensor import TensorKernel, TensorMeasure
@@ -22,11 +22,11 @@ def as_measure(measure, mean=None, cov=None, centred: bool = False) -> Measure:
     """Normalise ``measure`` (a name or a :class:`Measure`) plus keyword options to an object."""
     if isinstance(measure, Measure):
         if mean is not None or cov is not None or centred:
-            raise ArgumentTypeError("pass mean/cov/centred inside the measure object, not beside it")
+            raise InvalidArgumentError("pass mean/cov/centred inside the measure object, not beside it")
         return measure
     if measure == "tensor":
         if mean is not None or cov is not None or centred:
-            raise ArgumentTypeError("mean, cov and centred apply to the Gaussian measure only")
+            raise InvalidArgumentError("mean, cov and centred apply to the Gaussian measure only")
         return TensorMeasure()
     if measure == "gaussian":
         return GaussianMeasure(mean, cov, centred)

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .._memory import memory_limit
-from ..errors import InvalidArgumentError, UnaffordableError
+from ..errors import InvalidArgumentError, UnaffordableError, ZeroNormError
 from ..plan import _paths as paths
 from ..plan._contract import Scaled
 from ._exact import choose_variants, virtual_copies
 from ._prepare import Prepared
 from ._recursive import canonical_chain
 
-__all__ = ["Cost", "cost_from_stats", "resolve_method", "cosine", "EXACT_BUDGET_FLOPS",
+__all__ = ["Cost", "cost_from_stats", "resolve_method", "cosine", "check_norms", "EXACT_BUDGET_FLOPS",
            "EXACT_BUDGET_CONTRACTIONS"]
 
 #: ``method="auto"`` runs the exact method when its estimated flops are at most this ...
@@ -70,6 +70,10 @@ class Cost:
         Elements of the largest intermediate without slicing.
     blocks, block_size
         For a matrix (:func:`cost` of lists of models): blocks computed and models per chunk.
+    estimated
+        ``True`` when the flops, intermediates and slicing come from a sample of each term
+        pair's orbit contractions scaled by their count (:data:`tnsim.plan._contract.DRY_SAMPLES`
+        planned per term pair) rather than from planning every one; ``contractions`` is exact.
     """
 
     flops: float
@@ -87,6 +91,7 @@ class Cost:
     unsliced_largest_intermediate: float = 0.0
     blocks: int = 1
     block_size: int | None = None
+    estimated: bool = False
 
     def __repr__(self) -> str:
         mib = self.largest_intermediate_bytes / 2**20
@@ -102,33 +107,11 @@ class Cost:
             parts.append(f"blocks={self.blocks}, block_size={self.block_size}")
         if self.sliced:
             parts.append(f"sliced={self.sliced}")
+        if self.estimated:
+            parts.append("estimated=True")
         if not self.fits:
             parts.append("fits=False")
         return "Cost(" + ", ".join(parts) + ")"
-
-
-def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
-    from .plan import _paths as paths
-
-    itemsize = dtype.itemsize
-    largest = stats.get("max_size", 0.0)
-    opts = sorted(stats.get("optimizers", ()))
-    return Cost(
-        flops=stats.get("flops", 0.0),
-        largest_intermediate=largest,
-        largest_intermediate_bytes=largest * itemsize,
-        width=math.log2(largest) if largest > 0 else 0.0,
-        contractions=stats.get("contractions", 0),
-        method=method,
-        measure=measure,
-        optimizer="; ".join(opts) + f"; paths cached on disk under {paths.cache_dir()}",
-        paths=stats.get("paths", []),
-        memory_limit=paths.memory_limit(),
-        sliced=stats.get("sliced", 0),
-        fits=not stats.get("unaffordable", 0),
-        unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
-        **extra,
-    )
 
 
 def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
@@ -141,13 +124,14 @@ def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, 
         largest_intermediate=largest,
         largest_intermediate_bytes=largest * itemsize,
         width=math.log2(largest) if largest > 0 else 0.0,
-        contractions=stats.get("contractions", 0),
+        contractions=round(stats.get("contractions", 0)),
         method=method,
         measure=measure,
         optimizer="; ".join(opts) + f"; paths cached on disk under {paths.cache_dir()}",
         paths=stats.get("paths", []),
         memory_limit=memory_limit(),
-        sliced=stats.get("sliced", 0),
+        sliced=round(stats.get("sliced", 0)),
+        estimated=bool(stats.get("estimated", 0)),
         fits=not stats.get("unaffordable", 0),
         unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
         **extra,
@@ -184,6 +168,21 @@ def resolve_method(method: str, prepared: Prepared, outputs) -> str:
             "to run it anyway"
         )
     return "recursive"
+
+
+def check_norms(aa: Scaled, bb: Scaled, name_a: str, name_b: str, measure: str) -> None:
+    """Raise :class:`~tnsim.errors.ZeroNormError` where a model's squared norm is not positive
+    (a cosine with it is 0/0; one host synchronisation)."""
+    for s, name in ((aa, name_a), (bb, name_b)):
+        bad = torch.nonzero(~(s.mantissa > 0)).flatten().tolist() if s.mantissa.dim() else (
+            [] if bool(s.mantissa > 0) else [None])
+        if bad:
+            which = "" if bad == [None] else f" (models {bad} of the stack)"
+            raise ZeroNormError(
+                f"{name}{which} has zero norm under the {measure} measure and the compared outputs, "
+                "so its similarity is undefined (an all-zero model, a point-mass measure such as "
+                "cov=0 on a model without constant term, or outputs it does not produce)"
+            )
 
 
 def cosine(ab: Scaled, aa: Scaled, bb: Scaled) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _caches
-from ..doubled import Side, aligned_blocks, count_orbits, pairings, vanishing_rule
+from ..doubled import Side, aligned_blocks, count_orbits, live_pairings
 from ..ir._network import Network
 from ..ir._term import Term
 from ..plan._contract import Scaled, contract_pairings, normalised, planned
@@ -121,10 +121,7 @@ def _estimated_flops(ta, tb, va, vb, kernel, out_maps, open_outputs, mode, count
     la, lb = mode.labels(ta, tb)
     sides = [Side(ta, va, la, out_maps[0]), Side(tb, vb, lb, out_maps[1])]
     if count <= SAMPLE_BELOW:
-        reps, _ = pairings(sides, kernel)
-        vanishes = vanishing_rule(sides, kernel)
-        if vanishes is not None:
-            reps = [r for r in reps if not vanishes(r[2])]
+        reps, _ = live_pairings(sides, kernel)
         if not reps:
             return 0, 0.0
         step = max(1, len(reps) // SAMPLES)
@@ -184,12 +181,13 @@ def choose_variants(net_a: Network, net_b: Network, kernel, virtual, out_maps, o
 # --- the exact method ------------------------------------------------------------------------
 
 
-def virtual_copies(prepared: Prepared):
-    """Virtual (homogenising) copies per term: up to the top degree for measures that
-    homogenise (the tensor measure), none otherwise."""
+def virtual_copies(prepared: Prepared, which: str = "ab"):
+    """Virtual (homogenising) copies per term: up to the top degree of the pair ``which`` for
+    measures that homogenise (the tensor measure), none otherwise. A norm homogenises to its
+    own model's degree, as ``inner(a, a)`` does."""
     if not prepared.measure.homogenise:
         return lambda t: 0
-    k = max(prepared.a.degree, prepared.b.degree)
+    k = max(net.degree for net in prepared.nets(which))
     return lambda t: k - t.degree
 
 
@@ -208,7 +206,7 @@ def exact(
     like = prepared.like
     maps = prepared.maps(outputs)
     maps = (maps[0] if which[0] == "a" else maps[1], maps[0] if which[1] == "a" else maps[1])
-    virtual = virtual_copies(prepared)
+    virtual = virtual_copies(prepared, which)
     terms_a, terms_b, n, flops = choose_variants(net_a, net_b, kernel, virtual, maps, mode=mode)
     if stats is not None:
         stats["variant"] = (

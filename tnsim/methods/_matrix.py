@@ -47,11 +47,11 @@ from tqdm.auto import tqdm
 from .. import _caches, baselines
 from .._memory import memory_limit
 from ..distributed import run_tasks
-from ..errors import ArgumentTypeError, InvalidArgumentError, StructureError, UnaffordableError
+from ..errors import ArgumentTypeError, InvalidArgumentError, StructureError, UnaffordableError, ZeroNormError
 from ..frontends._compile import as_network
 from ..ir._network import Network, stack, unstack
 from ..measures import as_measure
-from ..plan._contract import Scaled, dry_run, quiet
+from ..plan._contract import DRY_SAMPLES, Scaled, dry_run, quiet
 from ..plan._execute import shared_intermediates
 from ..results import ResultsFile, fingerprint, tensor_digest
 from ._choose import cosine, cost_from_stats, resolve_method
@@ -228,7 +228,7 @@ def _block_bytes_cached(nets_a, rows_a, nets_b, rows_b, spec: Spec) -> float:
 def _block_bytes(stack_a: Network, stack_b: Network, spec: Spec) -> float:
     """Largest intermediate (bytes) of one block and of its norms, planned, not run."""
     stats: dict = {}
-    with dry_run():
+    with dry_run(None):  # every orbit: block sizes must respect the true largest intermediate
         _block_inner(stack_a, stack_b, spec, stats=stats)
         if spec.method == "exact":
             _norm_scaled(stack_a, spec, stats=stats)
@@ -308,7 +308,7 @@ def plan_matrix(
     return MatrixPlan(nets_a, nets_b, symmetric, chunks_a, chunks_b, blocks, methods, meas, outputs, size)
 
 
-def matrix_cost(models, models_b=None, **options):
+def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **options):
     """:class:`~tnsim.Cost` of :func:`similarity_matrix` with the same arguments; runs nothing.
 
     Sums flops and contractions over the blocks that would run (and the per-model norms);
@@ -316,7 +316,7 @@ def matrix_cost(models, models_b=None, **options):
     """
     plan = plan_matrix(models, models_b, **options)
     stats: dict = {"paths": []}
-    with dry_run():  # the same calls as run_plan, planned and costed, contracting nothing
+    with dry_run(samples):  # the same calls as run_plan, planned and costed, contracting nothing
         norms: dict = {}
         for i, j in plan.blocks:
             if plan.spec(i, j).method != "exact":
@@ -597,6 +597,14 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
         run_tasks(block_task, (((i, j), block_args(i, j)) for i, j in todo), got_block, executor, shared=2)
     finally:
         bar.close()
+    undefined = torch.isnan(out.diagonal()) if plan.symmetric else torch.isnan(out).all(1)
+    if bool(undefined.any()):  # one host synchronisation, after every block is stored
+        rows = torch.nonzero(undefined).flatten().tolist()
+        raise ZeroNormError(
+            f"models {rows} have zero norm under the {plan.measure.describe()} measure and the "
+            "compared outputs, so their similarities are undefined"
+            + (f"; the finished blocks are kept in {results}" if results is not None else "")
+        )
     return out
 
 

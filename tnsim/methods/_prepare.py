@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .. import _caches
-from ..errors import ShapeMismatchError, StructureError
+from ..errors import InvalidArgumentError, ShapeMismatchError, StructureError
 from ..ir._network import Network, pad_input
 from ..measures import Kernel, Measure, Space
 from ..measures._base import selector
 
-__all__ = ["Prepared", "prepare", "Mode", "output_maps", "make_kernel", "space_of"]
+__all__ = ["Prepared", "prepare", "Mode", "output_maps", "output_indices", "make_kernel", "space_of"]
 
 _KERNELS = _caches.memo("kernels", maxsize=8)
 
@@ -82,11 +83,18 @@ def prepare(net_a: Network, net_b: Network, measure: Measure) -> Prepared:
             f"output shapes differ: {net_a.name} gives {net_a.real_out_shape}, "
             f"{net_b.name} gives {net_b.real_out_shape}"
         )
+    for net in (net_a, net_b):
+        if 0 in net.real_out_shape or 0 in net.real_in_shape:
+            raise ShapeMismatchError(
+                f"{net.name} maps inputs of shape {net.real_in_shape} to outputs of shape "
+                f"{net.real_out_shape}: an empty axis leaves nothing to compare"
+            )
     if net_a.device != net_b.device:
         raise StructureError(
             f"models are on different devices ({net_a.device} and {net_b.device}); move one"
         )
-    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
+    # float16 / bfloat16 weights overflow and lose the sums: compute in float32 or better
+    dtype = torch.promote_types(torch.promote_types(net_a.dtype, net_b.dtype), torch.float32)
     if measure.homogenise:
         k = max(net_a.degree, net_b.degree)
         if any(t.degree < k for t in net_a.terms) and not net_a.in_padded:
@@ -115,6 +123,35 @@ def make_kernel(measure: Measure, net_a: Network, net_b: Network, like: torch.Te
     return kernel
 
 
+def output_indices(outputs) -> list[int]:
+    """``outputs`` as a non-empty list of integer indices (an int is one index).
+
+    Floats (``1.9``, or a float tensor such as ``[1., 0., 0.]``) are refused rather than
+    truncated: a float vector is more likely a projection or a mask than indices.
+    """
+    if isinstance(outputs, torch.Tensor):
+        if outputs.is_floating_point() or outputs.is_complex() or outputs.dim() > 1:
+            raise InvalidArgumentError(
+                f"outputs must be integer indices or a (k, d_out) projection, got a {outputs.dtype} "
+                f"tensor of shape {tuple(outputs.shape)}"
+            )
+        outputs = outputs.reshape(-1).tolist()
+    elif isinstance(outputs, (int, np.integer)) and not isinstance(outputs, bool):
+        outputs = [int(outputs)]
+    try:
+        items = list(outputs)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"outputs must be an index, a list of indices or a (k, d_out) projection, got {outputs!r}"
+        ) from None
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+    if bad:
+        raise InvalidArgumentError(f"outputs must be integer indices, got {bad!r}")
+    if not items:
+        raise InvalidArgumentError("outputs is empty: name at least one output to compare")
+    return [int(i) for i in items]
+
+
 def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """Per output axis, the matrix applied before outputs are compared (``None``: identity).
 
@@ -132,7 +169,7 @@ def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor
             )
         proj = outputs.to(dtype=like.dtype, device=like.device)
     else:
-        idx = [int(i) for i in (outputs.tolist() if isinstance(outputs, torch.Tensor) else outputs)]
+        idx = output_indices(outputs)
         bad = [i for i in idx if not -d <= i < d]
         if bad:
             raise ShapeMismatchError(f"output indices {bad} out of range for {d} outputs")

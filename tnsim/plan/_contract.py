@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import _caches
 from .._memory import check_allocation, memory_limit, slice_overhead
-from ..doubled import Equation, Side, build_equation, gather, pairings, vanishing_rule
+from ..doubled import Equation, Side, build_equation, gather, live_pairings
 from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
@@ -114,8 +114,8 @@ PROGRESS_DELAY = 2.0
 
 
 @contextlib.contextmanager
-def _switched_on(flag: contextvars.ContextVar):
-    token = flag.set(True)
+def _switched_on(flag: contextvars.ContextVar, value=True):
+    token = flag.set(value)
     try:
         yield
     finally:
@@ -127,9 +127,14 @@ def quiet():
     return _switched_on(_QUIET)
 
 
-def dry_run():
-    """Within this context contractions are planned and costed but not executed (zeros)."""
-    return _switched_on(_DRY)
+def dry_run(samples: int | None = None):
+    """Within this context contractions are planned and costed but not executed (zeros).
+
+    ``samples``: plan at most this many orbits per term pair (spread over them) and scale
+    their cost by the count (:data:`DRY_SAMPLES` is what :func:`tnsim.cost` uses); ``None``
+    plans every one.
+    """
+    return _switched_on(_DRY, ("dry", samples))
 
 
 def plan(key, build) -> Contraction:
@@ -155,7 +160,13 @@ def fitted(contraction: Contraction, itemsize: int):
         return contraction.tree
     key = (limit, itemsize, slice_overhead())
     if key not in contraction.sliced:
-        contraction.sliced[key] = paths.slice_tree(contraction.tree, limit / itemsize)
+        tree = paths.slice_tree(contraction.tree, limit / itemsize)
+        if tree is None:  # a quick path may not slice well: search carefully, then slice that
+            eq = contraction.equation
+            careful = paths.careful_tree(eq.inputs, eq.output, eq.size_dict)
+            fits = careful.max_size() * itemsize <= limit
+            tree = careful if fits else paths.slice_tree(careful, limit / itemsize)
+        contraction.sliced[key] = tree
     return contraction.sliced[key]
 
 
@@ -219,26 +230,19 @@ def contract_pairings(
     :math:`\sum_\pi \prod_{B\in\pi}\kappa_B`. Coefficients of the terms are included; arrays
     must already be normalised.
     """
-    reps, norm = pairings(sides, kernel)
+    reps, norm = live_pairings(sides, kernel)
     coeff = math.prod(s.term.coeff for s in sides) * norm
-    vanishes = vanishing_rule(sides, kernel)
     itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
+    if _DRY.get():
+        return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, _DRY.get()[1])
     total = None
     if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get() and not _DRY.get():
         reps = tqdm(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
     for rep, size, blocks in reps:
-        if vanishes is not None and vanishes(blocks):
-            continue
         con = planned(sides, kernel, open_outputs, rep, blocks)
         if stats is not None:
             _record(stats, con, itemsize)
-        if _DRY.get():
-            shape = [con.equation.size_dict[i] for i in con.equation.output]
-            check_allocation(shape, 8, "a contraction's result")
-            value = torch.zeros(shape, dtype=torch.float64, device=like.device)
-            total = value if total is None else total + value
-            continue
         ops = gather(con.equation, sides, arrays, kernel, like)
         ops = [x.to(dtype) for x in ops]
         value = run(con, ops, itemsize).to(torch.float64) * (size * coeff)
@@ -250,18 +254,51 @@ def contract_pairings(
     return total
 
 
-def _record(stats: dict, con: Contraction, itemsize: int) -> None:
-    """Add one contraction's cost (as it would run: sliced if need be) to ``stats``."""
+#: a dry run (:func:`dry_run`, :func:`tnsim.cost`) plans at most this many orbits of one term
+#: pair, spread over the list, and scales their cost by the orbit count
+DRY_SAMPLES = 8
+
+
+def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None) -> torch.Tensor:
+    """Cost ``reps`` without contracting: plan a spread sample of ``samples`` of them (all if
+    ``None``), scale by the count.
+
+    Path searches dominate a cold cost estimate (milliseconds per distinct doubled network),
+    so pricing every orbit could take longer than running them warm; a sample of
+    :data:`DRY_SAMPLES` keeps :func:`tnsim.cost` to seconds. Largest intermediates are the
+    largest seen in the sample (every orbit of a term pair joins the same tensors).
+    """
+    if not reps:
+        return _zeros_result(sides, open_outputs, like)
+    samples = len(reps) if samples is None else samples
+    step = max(1, len(reps) // samples)
+    sample = reps[::step][:samples]
+    weight = len(reps) / len(sample)
+    con = None
+    for rep, _, blocks in sample:
+        con = planned(sides, kernel, open_outputs, rep, blocks)
+        if stats is not None:
+            _record(stats, con, itemsize, weight)
+    if stats is not None and len(sample) < len(reps):
+        stats["estimated"] = stats.get("estimated", 0) + len(reps) - len(sample)
+    shape = [con.equation.size_dict[i] for i in con.equation.output]
+    check_allocation(shape, 8, "a contraction's result")
+    return torch.zeros(shape, dtype=torch.float64, device=like.device)
+
+
+def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0) -> None:
+    """Add one contraction's cost (as it would run: sliced if need be) to ``stats``; ``weight``
+    counts it as that many contractions (a sample standing for its term pair's orbits)."""
     tree = fitted(con, itemsize)
-    stats["contractions"] = stats.get("contractions", 0) + 1
+    stats["contractions"] = stats.get("contractions", 0) + weight
     stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), con.max_size)
     if tree is None:
-        stats["unaffordable"] = stats.get("unaffordable", 0) + 1
+        stats["unaffordable"] = stats.get("unaffordable", 0) + weight
         tree = con.tree
     elif tree is not con.tree:
-        stats["sliced"] = stats.get("sliced", 0) + 1
+        stats["sliced"] = stats.get("sliced", 0) + weight
         stats["slices"] = max(stats.get("slices", 1), int(tree.nslices))
-    stats["flops"] = stats.get("flops", 0.0) + float(tree.total_flops())
+    stats["flops"] = stats.get("flops", 0.0) + weight * float(tree.total_flops())
     stats["max_size"] = max(stats.get("max_size", 0.0), float(tree.max_size()))
     stats.setdefault("optimizers", set()).add(paths.optimizer_name(len(con.equation.inputs)))
     if "paths" in stats:

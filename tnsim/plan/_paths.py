@@ -3,7 +3,8 @@
 Paths depend only on the doubled network's structure (indices and sizes), never on weight
 values, so they are searched once and reused for every checkpoint.
 
-* Optimizer: cotengra's dynamic programming (``'optimal'``) for networks of at most
+* Optimizer: a greedy path when it costs at most :data:`QUICK_FLOPS` flops (a search would
+  take longer than the contraction); otherwise cotengra's dynamic programming (``'optimal'``) for networks of at most
   :data:`OPTIMAL_CUTOFF` tensors; above that a tiered search that spends effort in proportion
   to the contraction's cost: random-greedy (32 trials), then subtree reconfiguration above
   :data:`REFINE_FLOPS`, then a hyper-optimisation (greedy + label propagation, 16 trials)
@@ -82,7 +83,8 @@ def slice_tree(tree: ctg.ContractionTree, max_elements: float) -> ctg.Contractio
 
 
 def optimizer_name(n_tensors: int) -> str:
-    """How the path of a network with ``n_tensors`` tensors is searched."""
+    """How the path of a network with ``n_tensors`` tensors is searched (a greedy path of at
+    most :data:`QUICK_FLOPS` flops is kept as it is)."""
     if n_tensors <= OPTIMAL_CUTOFF:
         return "cotengra optimal (exhaustive dynamic programming)"
     return (
@@ -100,19 +102,26 @@ def _key(inputs, output, size_dict) -> str:
     return hashlib.sha1(canon.encode()).hexdigest()
 
 
+#: a greedy path of at most this many flops is taken as it is (a search costs milliseconds,
+#: such a contraction microseconds) ...
+QUICK_FLOPS = 1e5
 #: search harder when the quick path costs more than this many flops ...
 REFINE_FLOPS = 1e6
 #: ... and harder still (hyper-optimisation) above this
 HYPER_FLOPS = 1e8
 
 
-def _search(inputs, output, size_dict):
+def _search(inputs, output, size_dict, quick_ok: bool = True):
     """Tiered search: spend search time in proportion to what the contraction will cost.
 
     Doubled networks are numerous and mostly cheap, but pairings that mix subtrees have large
     treewidth, where a quick random-greedy path can be 50x worse than a careful one (measured
     on depth-3 networks: 1.4e9 vs 2.6e7 flops).
     """
+    if quick_ok:
+        quick = ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+        if quick.total_flops() <= QUICK_FLOPS:
+            return quick  # searching longer than the contraction runs cannot pay
     if len(inputs) <= OPTIMAL_CUTOFF:
         return ctg.array_contract_tree(inputs, output, size_dict, optimize="optimal")
     opt = ctg.RandomGreedyOptimizer(max_repeats=32, parallel=False, seed=0)
@@ -146,6 +155,12 @@ def _canonical(inputs, output, size_dict):
         tuple(names[i] for i in output),
         {names[i]: int(size_dict[i]) for i in names},
     )
+
+
+def careful_tree(inputs, output, size_dict) -> ctg.ContractionTree:
+    """A freshly searched tree without the quick greedy shortcut (and not cached): for a
+    contraction whose quick path cannot be sliced under the memory limit."""
+    return _search(*_canonical(inputs, output, size_dict), quick_ok=False)
 
 
 def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
