@@ -21,6 +21,7 @@ from .api import (
 from .compile import compile, register
 from .errors import (
     CheckpointError,
+    MeasureError,
     NonFiniteError,
     NotMultilinearError,
     ShapeMismatchError,
@@ -103,4 +104,5 @@ __all__ = [
     "UnaffordableError",
     "StructureError",
     "CheckpointError",
+    "MeasureError",
 ]

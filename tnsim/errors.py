@@ -15,6 +15,7 @@ __all__ = [
     "UnaffordableError",
     "StructureError",
     "CheckpointError",
+    "MeasureError",
 ]
 
 
@@ -44,3 +45,8 @@ class StructureError(TnsimError, ValueError):
 
 class CheckpointError(TnsimError, ValueError):
     """A checkpoint file is missing, corrupt, untrusted or does not match its description."""
+
+
+class MeasureError(TnsimError, ValueError):
+    """A measure's parameters are invalid (a covariance that is not symmetric positive
+    semi-definite, a mean or covariance of the wrong size)."""
