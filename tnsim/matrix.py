@@ -574,8 +574,21 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     if not plan.symmetric:
         tasks += [(("b", j), (plan.chunks_b[j].stack, _norm_spec(plan, plan.chunks_b[j]))) for j in need_b]
 
+    def chunk_of(key) -> Chunk:
+        return (plan.chunks_a if key[0] == "a" else plan.chunks_b)[key[1]]
+
     def got_norm(key, value):
-        (norms_a if key[0] == "a" else norms_b)[key[1]] = _local(value, device)
+        value = _local(value, device)
+        (norms_a if key[0] == "a" else norms_b)[key[1]] = value
+        if store is not None and value.mantissa.dim() == 1:
+            store.store_norms(key[0], chunk_of(key).rows, _norm_rows(value))
+
+    if store is not None:  # norms saved by an earlier run are read back, not recomputed
+        for key, _ in list(tasks):
+            rows = store.stored_norms(key[0], chunk_of(key).rows)
+            if rows is not None:
+                (norms_a if key[0] == "a" else norms_b)[key[1]] = _norm_from_rows(rows, device)
+        tasks = [t for t in tasks if t[0][1] not in (norms_a if t[0][0] == "a" else norms_b)]
 
     run_tasks(norm_task, tasks, got_norm, executor, shared=1)
     if plan.symmetric:
@@ -610,6 +623,21 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     finally:
         bar.close()
     return out
+
+
+def _norm_rows(s: Scaled):
+    """Per-model squared norms as ``(3, n)`` float64 host rows (mantissa, log_a, log_b)."""
+    m = s.mantissa.detach().to("cpu", torch.float64)
+
+    def per_model(x):
+        return torch.as_tensor(x, dtype=torch.float64).to("cpu").expand(m.shape)
+
+    return torch.stack([m, per_model(s.log_a), per_model(s.log_b)]).numpy()
+
+
+def _norm_from_rows(rows, device) -> Scaled:
+    t = torch.from_numpy(rows).to(device)
+    return Scaled(t[0], t[1], t[2])
 
 
 def _norm_spec(plan: MatrixPlan, chunk: Chunk) -> Spec:
