@@ -50,6 +50,7 @@ from .exact import Mode, exact
 from .execute import shared_intermediates
 from .measures import GaussianMeasure, as_measure
 from .network import Network, stack, unstack
+from .progress import bar as progress_bar
 from .recursive import recursive
 
 __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
@@ -545,8 +546,6 @@ def _header(plan: MatrixPlan) -> dict:
 
 def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=None) -> torch.Tensor:
     """Compute a planned matrix (see :func:`similarity_matrix` for the options)."""
-    from tqdm.auto import tqdm
-
     from .distributed import run_tasks
     from .results import ResultsFile
 
@@ -594,7 +593,7 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     if plan.symmetric:
         norms_b = norms_a
 
-    bar = tqdm(
+    bar = progress_bar(
         total=len(plan.blocks), initial=len(plan.blocks) - len(todo), disable=not progress,
         delay=PROGRESS_DELAY, desc="similarity blocks", unit="block",
     )
