@@ -5,7 +5,7 @@ let cotengra plan the contraction and torch run it.
 """
 
 from . import algebra, errors, nn
-from . import baselines, checkpoints, data, plot  # plot imports matplotlib lazily
+from . import authors, baselines, checkpoints, data, plot  # plot imports matplotlib lazily
 from .api import (
     EXACT_BUDGET_CONTRACTIONS,
     EXACT_BUDGET_FLOPS,
@@ -56,6 +56,7 @@ __all__ = [
     "errors",
     "baselines",
     "checkpoints",
+    "authors",
     "data",
     "plot",
     "compile",
