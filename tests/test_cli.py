@@ -1,6 +1,8 @@
 """The command line through a subprocess: outputs, figures, and one-line errors with status 2."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -270,3 +272,15 @@ def test_a_residual_state_dict_without_its_json_is_refused(tmp_path):
     r = tnsim_cli("compare", tmp_path / "res.pt", tmp_path / "res.pt")
     assert r.returncode == 2 and r.stdout == ""
     assert "res.pt" in r.stderr and "residual" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_saved_networks_compare_and_refuse_baselines(ckpts, tmp_path, capsys):
+    f, g = ckpts["models"]
+    net = K.save(tnsim.compile(f), tmp_path / "net.safetensors")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert tnsim.cli.main(["compare", str(net), str(ckpts["g"]), "--json"]) == 0
+    assert json.loads(out.getvalue())["similarity"] == pytest.approx(tnsim.similarity(f, g), rel=1e-12)
+    assert tnsim.cli.main(["compare", str(net), str(ckpts["g"]), "--measure", "matrix"]) == 2
+    err = capsys.readouterr().err
+    assert "net.safetensors: holds a compiled tnsim.Network" in err and err.count("\n") == 1

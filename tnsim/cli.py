@@ -74,6 +74,20 @@ def _check_compatible(paths, models) -> None:
             )
 
 
+def _check_baseline_inputs(paths, models, measure: str) -> None:
+    """Baselines run forward passes: a checkpoint holding a compiled network cannot serve."""
+    from .network import Network
+
+    if measure in ("tensor", "gaussian"):
+        return
+    for p, m in zip(paths, models):
+        if isinstance(m, Network):
+            raise CliError(
+                f"{p}: holds a compiled tnsim.Network, which the {measure} baseline cannot run "
+                "(it needs the module); use --measure gaussian or tensor"
+            )
+
+
 def _data(name: str | None, models):
     if name is None:
         return None
@@ -280,6 +294,7 @@ def _similarity(models, args):
 def cmd_compare(args) -> int:
     models = _load([args.a, args.b])
     _check_compatible([args.a, args.b], models)
+    _check_baseline_inputs([args.a, args.b], models, args.measure)
     res = _similarity(models, args)
     if args.json:
         print(json.dumps(res))
@@ -378,6 +393,7 @@ def cmd_matrix(args) -> int:
         raise CliError("--csv, --png and --results must name different files")
     models = _load(args.checkpoints)
     _check_compatible(args.checkpoints, models)
+    _check_baseline_inputs(args.checkpoints, models, args.measure)
     m = _matrix(args, models).detach().cpu().double()
     names = _labels(args.checkpoints)
     try:
