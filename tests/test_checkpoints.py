@@ -309,7 +309,7 @@ def test_hostile_sidecars_are_refused_before_allocating(tmp_path):
         K.load(_sidecar_with(tmp_path, model, huge))
     # a buffer the file does not hold (the attention mask, n_ctx x n_ctx) must fit the memory limit
     attn = tnsim.nn.BilinearAttention(2, 3).double()
-    with pytest.raises(CheckpointError, match="bad architecture: buffer 'mask'.*memory limit"):
+    with pytest.raises(CheckpointError, match=r"bad architecture: buffers \(largest 'mask'\).*memory limit"):
         K.load(_sidecar_with(tmp_path, attn, {**K.describe(attn), "n_ctx": 10**7}))
     for edit, pattern in (
         ({"bias": 1}, "'bias' must be true or false"),

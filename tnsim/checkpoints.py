@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -160,17 +161,21 @@ def _config(module: torch.nn.Module) -> dict:
     }
 
 
+def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of a module's parameters and buffers (persistent or not), by name."""
+    return {k: tuple(v.shape) for k, v in [*module.named_parameters(), *module.named_buffers()]}
+
+
 def _check_faithful(module: torch.nn.Module, arch: dict) -> None:
     """Raise ``TypeError`` unless ``build(arch)`` has the module's parameters, buffers and
     hyper-parameters (catches attributes this file does not know, e.g. of a newer layer)."""
     with torch.device("meta"):
         rebuilt = build(arch)
     mods_a, mods_b = dict(module.named_modules()), dict(rebuilt.named_modules())
-    shapes = lambda m: {k: tuple(v.shape) for k, v in [*m.named_parameters(), *m.named_buffers()]}  # noqa: E731
-    if shapes(module) != shapes(rebuilt) or mods_a.keys() != mods_b.keys():
+    if _shapes(module) != _shapes(rebuilt) or mods_a.keys() != mods_b.keys():
         raise TypeError(
-            f"cannot save {type(module).__name__} faithfully: its parameters {sorted(shapes(module))} "
-            f"differ from those of the described architecture {sorted(shapes(rebuilt))}"
+            f"cannot save {type(module).__name__} faithfully: its tensors {_shapes(module)} "
+            f"differ from those of the described architecture {_shapes(rebuilt)}"
         )
     for name, m in mods_a.items():
         ca, cb = _config(m), _config(mods_b[name])
@@ -511,25 +516,16 @@ def _fail(path, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: {what}")
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
 def _json_depth(text: str) -> int:
     """Deepest nesting of objects and lists in a JSON text (strings skipped), without parsing."""
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
     return deepest
 
 
@@ -714,12 +710,13 @@ def _load_module(path: Path, tensors: dict, arch: dict, source) -> torch.nn.Modu
     except ValueError as e:
         raise _fail(source, f"bad architecture: {e}") from None
     _check_tensors(path, tensors, {k: v.shape for k, v in skeleton.state_dict().items()}, name)
-    extra = [(k, b) for k, b in skeleton.named_buffers() if k not in tensors]
-    try:
-        for k, b in extra:  # buffers sized by the JSON alone (attention masks)
-            check_allocation(b.shape, 4, f"buffer {k!r}")
-    except UnaffordableError as e:
-        raise _fail(source, f"bad architecture: {e}") from None
+    extra = [(k, b.numel()) for k, b in skeleton.named_buffers() if k not in tensors]
+    if extra:  # buffers sized by the JSON alone (attention masks), float64 at most
+        largest = max(extra, key=lambda kb: kb[1])[0]
+        try:
+            check_allocation((sum(n for _, n in extra),), 8, f"buffers (largest {largest!r})")
+        except UnaffordableError as e:
+            raise _fail(source, f"bad architecture: {e}") from None
     model = build(arch)
     model = model.to(next(iter(tensors.values())).dtype)
     model.load_state_dict(OrderedDict((k, tensors[k]) for k in skeleton.state_dict()), strict=True)
