@@ -4,6 +4,7 @@ import concurrent.futures as cf
 import os
 import pickle
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -107,3 +108,33 @@ def test_dask_run_survives_a_killed_worker(models, tmp_path, monkeypatch):
     assert len(stored) == 15 and stored == sorted(stored)  # every block stored once, none dropped
     with np.load(path) as z:
         assert z["done"].all() and np.array_equal(z["values"], local.numpy())
+
+
+CALLS: dict = {}
+
+
+def lost_once(key, x):
+    """A task whose first run is lost with its worker (as Dask reports it), then succeeds."""
+    from distributed import KilledWorker
+
+    CALLS[key] = CALLS.get(key, 0) + 1
+    if key == "always" or CALLS[key] == 1:
+        raise KilledWorker(key, SimpleNamespace(address="tcp://dead-worker"), 3)
+    return x.sum() + key
+
+
+def test_tasks_lost_with_their_worker_are_resubmitted_a_few_times():
+    distributed = pytest.importorskip("distributed")
+    from tnsim import distributed as D
+
+    CALLS.clear()
+    shared = torch.arange(4.0)
+    got = {}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, silence_logs=50) as cluster, \
+            distributed.Client(cluster) as client:
+        D.run_tasks(lost_once, [(k, (k, shared)) for k in (1, 2, 3)], got.__setitem__, client, shared=0)
+        assert got == {k: shared.sum() + k for k in (1, 2, 3)} and all(CALLS[k] == 2 for k in (1, 2, 3))
+        with pytest.raises(distributed.KilledWorker):
+            D.run_tasks(lost_once, [("always", ("always", shared))], got.__setitem__, client)
+    assert CALLS["always"] == 1 + D.RETRIES
