@@ -318,3 +318,10 @@ def test_hostile_sidecars_are_refused_before_allocating(tmp_path):
     ):
         with pytest.raises(CheckpointError, match=pattern):
             K.load(_sidecar_with(tmp_path, model, {**K.describe(model), **edit}))
+
+
+def test_a_network_field_the_format_does_not_know_is_refused(tmp_path, monkeypatch):
+    net = tnsim.compile(bilinear(3, 4, 2))
+    monkeypatch.setitem(K._SAVED_FIELDS, tnsim.Term, K._SAVED_FIELDS[tnsim.Term] - {"support"})
+    with pytest.raises(TypeError, match=r"Term with field\(s\) \['support'\]"):
+        K.save(net, tmp_path / "n.safetensors")

@@ -38,6 +38,7 @@ Every problem — a missing, unreadable, corrupt, pickled or mismatched file —
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -356,6 +357,23 @@ class _Arrays:
         return self.index[id(x)]
 
 
+#: The dataclass fields a saved network records (a field added to Term or Network must be
+#: added here, or saving refuses rather than silently dropping it).
+_SAVED_FIELDS = {
+    Term: {"inds", "arrays", "copies", "outputs", "tags", "group", "coeff", "batch", "support", "_canonical"},
+    Network: {"terms", "in_shape", "out_shape", "in_padded", "out_padded", "layers", "raw", "name"},
+}
+
+
+def _check_fields(cls) -> None:
+    unknown = sorted({f.name for f in dataclasses.fields(cls)} - _SAVED_FIELDS[cls])
+    if unknown:
+        raise TypeError(
+            f"cannot save a {cls.__name__} with field(s) {unknown}: tnsim.checkpoints does not "
+            "record them yet"
+        )
+
+
 def _term_node(t: Term, arrays: _Arrays) -> dict:
     return {
         "inds": [list(ix) for ix in t.inds],
@@ -495,6 +513,8 @@ def save(model, path, meta: dict | None = None) -> Path:
 
     path = Path(path)
     if isinstance(model, Network):
+        _check_fields(Term)
+        _check_fields(Network)
         arrays = _Arrays()
         arch = _network_node(model, arrays)
         tensors = arrays.tensors
