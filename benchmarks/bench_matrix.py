@@ -12,7 +12,7 @@ other processes hits all contenders alike; minima over repeats are reported (med
 * a per-pair loop of the plain exact method, ``tnsim.similarity(a, b, method="exact")`` over
   all N^2 ordered pairs;
 * the machine's matrix-multiply rate (best of a 2048^3 float32 product) and the rate the
-  matrix reaches (multiply-adds actually executed, counted by ``tnsim.execute.count_flops``).
+  matrix reaches (multiply-adds actually executed, counted by ``tnsim.plan._execute.count_flops``).
 
 Usage::
 
@@ -38,7 +38,7 @@ from common import (
 )
 
 import tnsim
-from tnsim.execute import count_flops
+from tnsim.plan._execute import count_flops
 
 
 def baseline_loop(rev: str, n: int, threads: int) -> dict:
@@ -90,7 +90,7 @@ def main():
         isolated_cache(tmp)  # memory cleared, disk cache kept
         disk_warm = timed(lambda: tnsim.similarity_matrix(models, **opts), device)
         M = tnsim.similarity_matrix(models, **opts)
-        plan = tnsim.matrix.plan_matrix(models, measure="gaussian", method="exact", block_size=args.block_size)
+        plan = tnsim.methods._matrix.plan_matrix(models, measure="gaussian", method="exact", block_size=args.block_size)
         cost = tnsim.cost(models, measure="gaussian", method="exact", block_size=args.block_size)
         with count_flops() as executed:
             tnsim.similarity_matrix(models, **opts)

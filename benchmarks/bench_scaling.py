@@ -21,7 +21,7 @@ import torch
 from common import bar_models, closed_form_matrix, command, device_name, save, timed
 
 import tnsim
-from tnsim.term import Term
+from tnsim.ir._term import Term
 
 
 def best(fn, repeats: int) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import tnsim
+from tnsim import _caches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -112,6 +113,6 @@ def isolated_cache(tmp: str) -> None:
     """Point tnsim's path cache at an empty folder (a cold start) and forget in-memory plans."""
     os.environ["TNSIM_CACHE_DIR"] = tmp
     tnsim.clear_cache(disk=False)
-    from tnsim import contract
+    from tnsim.plan import _contract as contract
 
-    contract.clear_memory_cache()
+    _caches.clear()

@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 import tnsim
-from tnsim import contract, exact
+from tnsim import _caches
+from tnsim.plan import _contract as contract
+from tnsim.methods import _exact as exact
 
 
 def model(depth: int, d: int, hidden: int, bias: bool, seed: int) -> torch.nn.Module:
@@ -110,7 +112,7 @@ def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
         return time.perf_counter() - t0 + sum(t * (k - 1) for t, k in loops if k > 1), value
 
     a, b = model(depth, args.d, args.hidden, bias, 1), model(depth, args.d, args.hidden, bias, 2)
-    contract.clear_memory_cache()
+    _caches.clear()
     tnsim.clear_cache()
     contract.pairings, exact.contract_pairings = sampled, timed
     try:

@@ -16,19 +16,19 @@ import math
 import torch
 
 import tnsim
-from tnsim.contract import dry_run
-from tnsim.exact import exact
-from tnsim.groups import count_matchings
+from tnsim.doubled import count_orbits
+from tnsim.ir._groups import count_matchings
 from tnsim.measures import GaussianMeasure, TensorMeasure
+from tnsim.methods import exact, prepare
+from tnsim.plan import dry_run
 
 
 def counts(net_a, net_b, measure):
     """(pairings before deduplication, orbits, contractions run) for <a, b>."""
-    from tnsim.exact import _orbit_count, make_kernel, prepare
-
-    a, b, dtype = prepare(net_a, net_b, measure)
+    p = prepare(net_a, net_b, measure)
+    a, b = p.a, p.b
     kind = "tensor" if isinstance(measure, TensorMeasure) else "gaussian"
-    kernel = make_kernel(measure, a, b, torch.empty((), dtype=dtype))
+    kernel = p.kernel("ab")
     k = max(a.degree, b.degree)
     before = orbits = 0
     for ta in a.terms:
@@ -38,10 +38,10 @@ def counts(net_a, net_b, measure):
                 before += math.factorial(k)
             else:
                 before += count_matchings(ta.degree + tb.degree, kernel.partial)
-            orbits += _orbit_count(kind, ta, tb, va, vb, kernel.partial)
+            orbits += count_orbits(kernel, ta, tb, va, vb)
     stats: dict = {}
     with dry_run():
-        exact(a, b, measure, stats=stats)
+        exact(p, stats=stats)
     return before, orbits, stats["contractions"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import tnsim
-from tnsim.contract import evaluate_term
+from tnsim.ir._term import evaluate_term
 
 N, D = 2, 2  # context length and width used throughout (canonical dimension 1 + N*D = 5)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tnsim
-from tnsim import contract
+from tnsim import _caches
+from tnsim.plan import _contract as contract
 from models import bilinear, stack2
 
 
@@ -148,7 +149,7 @@ def test_float32_deep_network_does_not_overflow():
 
 
 def test_plans_are_reused_for_new_weights():
-    contract.clear_memory_cache()
+    _caches.clear()
     a, b = stack2(seed=1), stack2(seed=2)
     tnsim.similarity(a, b, method="exact")
     n = len(contract._PLANS)

@@ -230,7 +230,7 @@ def test_unwritable_outputs_are_refused_before_computing(ckpts, tmp_path, monkey
 
 
 def test_a_failed_write_keeps_the_results_and_a_rerun_computes_nothing(ckpts, tmp_path, monkeypatch, capsys):
-    from tnsim import matrix
+    from tnsim.methods import _matrix as matrix
 
     args = ["matrix", str(ckpts["f"]), str(ckpts["g"]), str(ckpts["h"]), "--no-progress",
             "--csv", str(tmp_path / "m.csv"), "--results", str(tmp_path / "run.npz")]

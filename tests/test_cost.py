@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import tnsim
-from tnsim import contract, execute, paths
+from tnsim.plan import _contract as contract
+from tnsim.plan import _execute as execute
+from tnsim.plan import _paths as paths
 from models import bilinear, stack2
 
 
@@ -140,7 +142,7 @@ def test_paths_persist_on_disk_and_a_warm_start_skips_the_search(tmp_path, monke
 def test_dense_states_over_the_limit_are_refused_before_allocation(limit):
     """The recursive method keeps a dense (n d) x (n d) state for sequences: over the memory
     limit it is refused by cost() and by a run, naming the shape, instead of exhausting memory."""
-    from tnsim.term import Term
+    from tnsim.ir._term import Term
 
     def seq(seed):
         g = torch.Generator().manual_seed(seed)

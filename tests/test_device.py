@@ -12,7 +12,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import tnsim
-from tnsim import matrix
+from tnsim.methods import _matrix as matrix
 from models import bilinear, residual_stack, stack2
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tnsim
-from tnsim import matrix
+from tnsim.methods import _matrix as matrix
 from models import stack2
 
 KW = dict(measure="gaussian", method="exact", block_size=2, progress=False)

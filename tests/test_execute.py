@@ -4,7 +4,7 @@ import cotengra as ctg
 import pytest
 import torch
 
-from tnsim import execute
+from tnsim.plan import _execute as execute
 
 
 def random_network(seed):

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from tnsim import groups
+from tnsim.ir import _groups as groups
 from brute import partial_matchings, tree_automorphisms
 
 

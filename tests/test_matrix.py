@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import tnsim
-from tnsim import baselines, matrix
+from tnsim import baselines
+from tnsim.methods import _matrix as matrix
 from models import bilinear, residual_stack, stack2
 
 RTOL = 1e-12
@@ -217,7 +218,7 @@ def test_results_file_refuses_other_settings_and_names_the_file(tmp_path):
 
 
 def test_long_orbit_loops_show_progress_unless_quiet(monkeypatch, capsys):
-    from tnsim import contract
+    from tnsim.plan import _contract as contract
 
     monkeypatch.setattr(contract, "PROGRESS_DELAY", 0.0)
     monkeypatch.setattr(contract, "PROGRESS_MIN_ORBITS", 2)

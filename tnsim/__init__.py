@@ -4,24 +4,11 @@ Compile a model into a sum of tensor-network terms, build the doubled network of
 let cotengra plan the contraction and torch run it.
 """
 
-from . import algebra, errors, nn
-from . import authors, baselines, checkpoints, data, plot  # plot imports matplotlib lazily
-from .api import (
-    EXACT_BUDGET_CONTRACTIONS,
-    EXACT_BUDGET_FLOPS,
-    Comparison,
-    Cost,
-    as_network,
-    compare,
-    cost,
-    inner,
-    norm,
-    similarity,
-)
-from .compile import compile, register
+from . import authors, baselines, checkpoints, data, errors, nn, plot  # plot imports matplotlib lazily
+from ._memory import memory_limit, set_memory_limit
+from .api import Comparison, compare, cost, inner, norm, similarity
 from .errors import (
     CheckpointError,
-    MeasureError,
     NonFiniteError,
     NotMultilinearError,
     ShapeMismatchError,
@@ -29,25 +16,37 @@ from .errors import (
     TnsimError,
     UnaffordableError,
 )
-from .matrix import similarity_matrix
-from .measures import GaussianMeasure, TensorMeasure
-from .network import (
+from .frontends import (
+    as_network,
+    compile,
+    from_quimb,
+    head,
+    network_from_spec,
+    network_from_terms,
+    register,
+    slice,  # tnsim.slice (kept out of __all__: it is also a builtin)
+    term_from_spec,
+    trace,
+)
+from .ir import (
     Network,
+    Term,
     add,
+    algebra,
     at_positions,
     chain_slice,
     compose,
     concat,
+    cp_term,
+    find_symmetries,
     positionwise,
     stack,
     unstack,
+    with_symmetries,
 )
-from .parts import head, slice  # tnsim.slice (kept out of __all__: it is also a builtin)
-from .paths import cache_dir, clear_cache, memory_limit, set_memory_limit
-from .spec import from_quimb, network_from_spec, network_from_terms, term_from_spec
-from .symmetry import find_symmetries, with_symmetries
-from .term import Term, cp_term
-from .trace import trace
+from .measures import GaussianMeasure, Measure, TensorMeasure
+from .methods import EXACT_BUDGET_CONTRACTIONS, EXACT_BUDGET_FLOPS, Cost, similarity_matrix
+from .plan import cache_dir, clear_cache
 
 __version__ = "0.1.0"
 
@@ -92,6 +91,7 @@ __all__ = [
     "unstack",
     "TensorMeasure",
     "GaussianMeasure",
+    "Measure",
     "cache_dir",
     "clear_cache",
     "set_memory_limit",
@@ -105,5 +105,4 @@ __all__ = [
     "UnaffordableError",
     "StructureError",
     "CheckpointError",
-    "MeasureError",
 ]

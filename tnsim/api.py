@@ -17,16 +17,26 @@ Every function accepts ``torch.nn.Module`` objects (compiled on the fly) or comp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .contract import Scaled
-from .errors import UnaffordableError
-from .exact import Mode, choose_variants, exact, make_kernel, output_maps, prepare
-from .measures import TensorMeasure, as_measure
-from .network import Network
-from .recursive import recursive
+from .errors import ArgumentTypeError
+from .frontends._compile import as_network
+from .measures import as_measure
+from .methods._choose import (
+    EXACT_BUDGET_CONTRACTIONS,
+    EXACT_BUDGET_FLOPS,
+    Cost,
+    cosine,
+    cost_from_stats,
+    resolve_method,
+)
+from .methods._exact import exact
+from .methods._matrix import matrix_cost
+from .methods._prepare import Mode, Prepared, prepare
+from .methods._recursive import recursive
+from .plan._contract import Scaled, dry_run
 
 __all__ = [
     "inner",
@@ -40,125 +50,6 @@ __all__ = [
     "EXACT_BUDGET_FLOPS",
     "EXACT_BUDGET_CONTRACTIONS",
 ]
-
-#: ``method="auto"`` runs the exact method when its estimated flops are at most this ...
-EXACT_BUDGET_FLOPS = 2e10
-#: ... and one inner product needs at most this many orbit contractions. Each costs Python
-#: overhead (milliseconds) and, on first use, a path search (tens of milliseconds), so the
-#: budget keeps a cold ``similarity`` (three inner products sharing plans) within about a minute.
-EXACT_BUDGET_CONTRACTIONS = 500
-
-
-def as_network(x, example_input=None) -> Network:
-    """A :class:`Network` from a module (compiled) or a network (returned as is)."""
-    from .compile import compile as _compile
-
-    net = x if isinstance(x, Network) else _compile(x, example_input)
-    if net.out_shape == ():  # a scalar-valued model compares as a function with one output
-        from .algebra import reshape
-
-        net = reshape(net, (1,))
-    return net
-
-
-@dataclass
-class Cost:
-    r"""What a comparison costs, computed without contracting anything.
-
-    Attributes
-    ----------
-    flops
-        Multiply-adds over all contractions (cotengra's count: for each pairwise step the
-        product of the sizes of all its indices; a floating point operation count is about
-        twice this). Includes the overhead of any slicing.
-    largest_intermediate
-        Elements of the largest tensor any contraction creates (as it would run).
-    largest_intermediate_bytes
-        The same in bytes for the models' dtype.
-    width
-        :math:`\log_2` of ``largest_intermediate`` (cotengra's contraction width).
-    contractions
-        Number of doubled networks contracted, after symmetry deduplication (one per orbit of
-        pairings per term pair, plus the norms; for a matrix, summed over blocks).
-    method, measure
-        What was costed.
-    optimizer
-        How the paths were found (cotengra's exhaustive ``optimal`` search up to
-        :data:`tnsim.paths.OPTIMAL_CUTOFF` tensors, random-greedy above), and whether the disk
-        cache (:func:`tnsim.cache_dir`) makes them free next time.
-    paths
-        The contraction path of each contraction (pairs of positions, cotengra's format).
-    memory_limit
-        The limit in force (bytes, :func:`tnsim.set_memory_limit`).
-    sliced
-        Contractions that exceed the limit and would be sliced to fit (their flops and
-        intermediates above are the sliced ones).
-    fits
-        ``False`` if some contraction exceeds the limit even after slicing: running it raises
-        :class:`~tnsim.errors.UnaffordableError`.
-    unsliced_largest_intermediate
-        Elements of the largest intermediate without slicing.
-    blocks, block_size
-        For a matrix (:func:`cost` of lists of models): blocks computed and models per chunk.
-    """
-
-    flops: float
-    largest_intermediate: float
-    largest_intermediate_bytes: float
-    width: float
-    contractions: int
-    method: str
-    measure: str
-    optimizer: str = ""
-    paths: list = field(default_factory=list, repr=False)
-    memory_limit: float | None = None
-    sliced: int = 0
-    fits: bool = True
-    unsliced_largest_intermediate: float = 0.0
-    blocks: int = 1
-    block_size: int | None = None
-
-    def __repr__(self) -> str:
-        mib = self.largest_intermediate_bytes / 2**20
-        parts = [
-            f"flops={self.flops:.3g}",
-            f"largest_intermediate={self.largest_intermediate:.3g} ({mib:.3g} MiB)",
-            f"width={self.width:.1f}",
-            f"contractions={self.contractions}",
-            f"method={self.method!r}",
-            f"measure={self.measure!r}",
-        ]
-        if self.blocks != 1 or self.block_size is not None:
-            parts.append(f"blocks={self.blocks}, block_size={self.block_size}")
-        if self.sliced:
-            parts.append(f"sliced={self.sliced}")
-        if not self.fits:
-            parts.append("fits=False")
-        return "Cost(" + ", ".join(parts) + ")"
-
-
-def _cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
-    from . import paths
-
-    itemsize = dtype.itemsize
-    largest = stats.get("max_size", 0.0)
-    opts = sorted(stats.get("optimizers", ()))
-    return Cost(
-        flops=stats.get("flops", 0.0),
-        largest_intermediate=largest,
-        largest_intermediate_bytes=largest * itemsize,
-        width=math.log2(largest) if largest > 0 else 0.0,
-        contractions=stats.get("contractions", 0),
-        method=method,
-        measure=measure,
-        optimizer="; ".join(opts) + f"; paths cached on disk under {paths.cache_dir()}",
-        paths=stats.get("paths", []),
-        memory_limit=paths.memory_limit(),
-        sliced=stats.get("sliced", 0),
-        fits=not stats.get("unaffordable", 0),
-        unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
-        **extra,
-    )
 
 
 @dataclass
@@ -188,51 +79,16 @@ class Comparison:
         )
 
 
-def _estimate_exact(net_a: Network, net_b: Network, measure, outputs) -> tuple[int, float]:
-    net_a, net_b, dtype = prepare(net_a, net_b, measure)
-    like = torch.empty((), dtype=dtype, device=net_a.device)
-    kernel = make_kernel(measure, net_a, net_b, like)
-    maps = (output_maps(net_a, outputs, like), output_maps(net_b, outputs, like))
-    kind = "tensor" if isinstance(measure, TensorMeasure) else "gaussian"
-    k = max(net_a.degree, net_b.degree)
-    virtual = (lambda t: k - t.degree) if kind == "tensor" else (lambda t: 0)
-    try:
-        _, _, n, flops = choose_variants(net_a, net_b, kind, kernel, virtual, maps)
-    except UnaffordableError:
-        return 10**18, float("inf")
-    return n, flops
-
-
-def _resolve_method(method: str, net_a: Network, net_b: Network, measure, outputs) -> str:
-    if method in ("exact", "recursive"):
-        return method
-    if method != "auto":
-        raise ValueError(f"unknown method {method!r}: use 'auto', 'exact' or 'recursive'")
-    n, flops = _estimate_exact(net_a, net_b, measure, outputs)
-    if n <= EXACT_BUDGET_CONTRACTIONS and flops <= EXACT_BUDGET_FLOPS:
-        return "exact"
-    from .recursive import canonical_chain
-
-    if len(canonical_chain(net_a)) != len(canonical_chain(net_b)):
-        raise UnaffordableError(
-            f"exact comparison of {net_a.name} and {net_b.name} is estimated at {n} contractions "
-            f"and {flops:.3g} flops (budget {EXACT_BUDGET_CONTRACTIONS} / {EXACT_BUDGET_FLOPS:.3g}), "
-            "and the recursive method needs equal numbers of layers; call with method='exact' "
-            "to run it anyway"
-        )
-    return "recursive"
-
-
-def _inputs(a, b, measure, mean, cov, centred, example_input):
+def _inputs(a, b, measure, mean, cov, centred, example_input) -> Prepared:
+    """Both models compiled, checked and padded for the measure, once per call."""
     meas = as_measure(measure, mean, cov, centred)
-    return as_network(a, example_input), as_network(b, example_input), meas
+    return prepare(as_network(a, example_input), as_network(b, example_input), meas)
 
 
-def _scaled_inner(net_a, net_b, meas, method, outputs, stats=None, mode=Mode()) -> Scaled:
+def _scaled_inner(p: Prepared, method, outputs, stats=None) -> Scaled:
     if method == "exact":
-        return exact(net_a, net_b, meas, outputs, mode=mode, stats=stats)
-    ab, _, _ = recursive(net_a, net_b, meas, outputs, stats=stats)
-    return ab
+        return exact(p, outputs, stats=stats)
+    return recursive(p, outputs, stats=stats)[0]
 
 
 def inner(
@@ -264,66 +120,33 @@ def inner(
     >>> round(tnsim.inner(f, f, measure="tensor") / tnsim.norm(f, measure="tensor") ** 2, 12)
     1.0
     """
-    net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
-    method = _resolve_method(method, net_a, net_b, meas, outputs)
-    value = _scaled_inner(net_a, net_b, meas, method, outputs).value()
+    p = _inputs(a, b, measure, mean, cov, centred, example_input)
+    value = _scaled_inner(p, resolve_method(method, p, outputs), outputs).value()
     return float(value) if value.dim() == 0 else value
 
 
-def _self_inner(net, meas, method, outputs, stats=None) -> Scaled:
-    """``<a, a>`` per model (a vector for stacks)."""
+def _self_inner(p: Prepared, which: str, method, outputs, stats=None) -> Scaled:
+    """``<a, a>`` (``which="aa"``) or ``<b, b>`` per model (a vector for stacks)."""
+    net = p.a if which == "aa" else p.b
     if method == "exact":
-        mode = Mode("diag") if net.batch else Mode()
-        return exact(net, net, meas, outputs, mode=mode, stats=stats)
-    _, aa, _ = recursive(net, net, meas, outputs, stats=stats)
-    return aa
+        return exact(p, outputs, which=which, mode=Mode("diag") if net.batch else Mode(), stats=stats)
+    return recursive(p, outputs, stats=stats)[1 if which == "aa" else 2]
 
 
 def norm(a, *, measure="gaussian", method: str = "auto", mean=None, cov=None, outputs=None,
          centred: bool = False, example_input=None):
     """``sqrt(inner(a, a))`` (a vector of norms for a stacked network)."""
-    net, _, meas = _inputs(a, a, measure, mean, cov, centred, example_input)
-    method = _resolve_method(method, net, net, meas, outputs)
-    value = torch.sqrt(torch.clamp(_self_inner(net, meas, method, outputs).value(), min=0))
+    p = _inputs(a, a, measure, mean, cov, centred, example_input)
+    value = _self_inner(p, "aa", resolve_method(method, p, outputs), outputs).value()
+    value = torch.sqrt(torch.clamp(value, min=0))
     return float(value) if value.dim() == 0 else value
 
 
-def _cosine(ab: Scaled, aa: Scaled, bb: Scaled) -> torch.Tensor:
-    """``ab / sqrt(aa bb)`` computed from mantissas and logs (never overflows).
-
-    ``ab`` has shape ``()``, ``(N_a,)``, ``(N_b,)`` or ``(N_a, N_b)``; ``aa`` / ``bb`` match
-    the batch axes of their side.
-    """
-    m_ab = ab.mantissa.to(torch.float64)
-    dev = m_ab.device
-
-    def t(x):  # on the mantissa's device without a host round trip
-        if isinstance(x, torch.Tensor):
-            return x.to(device=dev, dtype=torch.float64)
-        return torch.full((), float(x), dtype=torch.float64, device=dev)
-
-    ma, mb = torch.clamp(t(aa.mantissa), min=0), torch.clamp(t(bb.mantissa), min=0)
-    la, lb = t(ab.log_a), t(ab.log_b)
-    laa, lbb = t(aa.log_a) + t(aa.log_b), t(bb.log_a) + t(bb.log_b)
-    if m_ab.dim() == 2:  # both sides batched
-        def col(x):
-            return x.reshape(-1, 1) if x.dim() else x
-
-        def row(x):
-            return x.reshape(1, -1) if x.dim() else x
-
-        ma, laa, la = col(ma), col(laa), col(la)
-        mb, lbb, lb = row(mb), row(lbb), row(lb)
-    return m_ab * torch.exp(la + lb - 0.5 * laa - 0.5 * lbb) / torch.sqrt(ma * mb)
-
-
-def _similarity_scaled(net_a, net_b, meas, method, outputs, stats=None):
+def _similarity_scaled(p: Prepared, method, outputs, stats=None):
     if method == "exact":
-        ab = exact(net_a, net_b, meas, outputs, stats=stats)
-        aa = _self_inner(net_a, meas, method, outputs, stats)
-        bb = _self_inner(net_b, meas, method, outputs, stats)
-        return ab, aa, bb
-    return recursive(net_a, net_b, meas, outputs, stats=stats)
+        ab = exact(p, outputs, stats=stats)
+        return ab, _self_inner(p, "aa", method, outputs, stats), _self_inner(p, "bb", method, outputs, stats)
+    return recursive(p, outputs, stats=stats)
 
 
 def similarity(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
@@ -345,22 +168,21 @@ def similarity(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov
     >>> round(tnsim.similarity(f, g, measure="tensor"), 6)  # float32 weights
     1.0
     """
-    net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
-    method = _resolve_method(method, net_a, net_b, meas, outputs)
-    value = _cosine(*_similarity_scaled(net_a, net_b, meas, method, outputs))
+    p = _inputs(a, b, measure, mean, cov, centred, example_input)
+    value = cosine(*_similarity_scaled(p, resolve_method(method, p, outputs), outputs))
     return float(value) if value.dim() == 0 else value
 
 
 def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=None,
             outputs=None, centred: bool = False, example_input=None) -> Comparison:
     """Similarity together with the measure, the method that ran and the contraction cost."""
-    net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
-    method = _resolve_method(method, net_a, net_b, meas, outputs)
+    p = _inputs(a, b, measure, mean, cov, centred, example_input)
+    method = resolve_method(method, p, outputs)
     stats: dict = {}
-    ab, aa, bb = _similarity_scaled(net_a, net_b, meas, method, outputs, stats)
-    value = float(_cosine(ab, aa, bb))
-    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
-    c = _cost_from_stats(stats, method, meas.describe(), dtype)
+    ab, aa, bb = _similarity_scaled(p, method, outputs, stats)
+    value = float(cosine(ab, aa, bb))
+    meas = p.measure
+    c = cost_from_stats(stats, method, meas.describe(), p.dtype)
     na, nb = float(aa.value()), float(bb.value())
     return Comparison(
         value=value,
@@ -393,20 +215,15 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     (6, True)
     """
     if isinstance(a, (list, tuple)):
-        from .matrix import matrix_cost
-
         return matrix_cost(a, b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
                            centred=centred, example_input=example_input, **matrix_options)
     if matrix_options:
-        raise TypeError(f"unexpected options {sorted(matrix_options)} (they apply to lists of models)")
+        raise ArgumentTypeError(f"unexpected options {sorted(matrix_options)} (they apply to lists of models)")
     if b is None:
-        raise TypeError("cost(a, b) compares two models; pass a list to cost a matrix")
-    from .contract import dry_run
-
-    net_a, net_b, meas = _inputs(a, b, measure, mean, cov, centred, example_input)
-    method = _resolve_method(method, net_a, net_b, meas, outputs)
+        raise ArgumentTypeError("cost(a, b) compares two models; pass a list to cost a matrix")
+    p = _inputs(a, b, measure, mean, cov, centred, example_input)
+    method = resolve_method(method, p, outputs)
     stats: dict = {"paths": []}
     with dry_run():
-        _similarity_scaled(net_a, net_b, meas, method, outputs, stats)
-    dtype = torch.promote_types(net_a.dtype, net_b.dtype)
-    return _cost_from_stats(stats, method, meas.describe(), dtype)
+        _similarity_scaled(p, method, outputs, stats)
+    return cost_from_stats(stats, method, p.measure.describe(), p.dtype)

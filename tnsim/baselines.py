@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from .errors import MeasureError, ShapeMismatchError, TnsimError
+from .errors import ShapeMismatchError
 from .measures import GaussianMeasure
 
 __all__ = [
@@ -131,12 +131,7 @@ def _gaussian_factor(mean, cov, d: int):
     Cholesky when ``cov`` is positive definite, else (positive semi-definite but singular) the
     eigendecomposition, eigenvalues at rounding level set to zero.
     """
-    try:  # the same checks and messages as tnsim.similarity(measure="gaussian")
-        GaussianMeasure(mean=mean, cov=cov)
-    except TnsimError:
-        raise
-    except ValueError as err:
-        raise MeasureError(f"monte_carlo: {err}") from None
+    GaussianMeasure(mean=mean, cov=cov)  # the checks and messages of the exact measure
     for label, x, want in (("mean", mean, (d,)), ("cov", cov, (d, d))):
         if x is not None and tuple(torch.as_tensor(x).shape) != want:
             raise ShapeMismatchError(

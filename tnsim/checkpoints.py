@@ -47,8 +47,9 @@ from pathlib import Path
 
 import torch
 
+from ._memory import check_allocation
 from .errors import CheckpointError, UnaffordableError
-from .network import Network
+from .ir import Network, Term
 from .nn import (
     Bilinear,
     BilinearAttention,
@@ -58,8 +59,6 @@ from .nn import (
     Trilinear,
     Unembedding,
 )
-from .paths import check_allocation
-from .term import Term
 
 __all__ = ["save", "load", "load_state_dict", "describe", "build", "sidecar", "infer", "meta"]
 

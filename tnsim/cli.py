@@ -76,7 +76,7 @@ def _check_compatible(paths, models) -> None:
 
 def _check_baseline_inputs(paths, models, measure: str) -> None:
     """Baselines run forward passes: a checkpoint holding a compiled network cannot serve."""
-    from .network import Network
+    from .ir import Network
 
     if measure in ("tensor", "gaussian"):
         return

@@ -15,7 +15,8 @@ __all__ = [
     "UnaffordableError",
     "StructureError",
     "CheckpointError",
-    "MeasureError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -47,6 +48,9 @@ class CheckpointError(TnsimError, ValueError):
     """A checkpoint file is missing, corrupt, untrusted or does not match its description."""
 
 
-class MeasureError(TnsimError, ValueError):
-    """A measure's parameters are invalid (a covariance that is not symmetric positive
-    semi-definite, a mean or covariance of the wrong size)."""
+class InvalidArgumentError(TnsimError, ValueError):
+    """An argument has a value tnsim cannot use (an unknown name, a negative size, ...)."""
+
+
+class ArgumentTypeError(TnsimError, TypeError):
+    """An argument has the wrong type, or an option is passed where it does not apply."""

@@ -7,7 +7,7 @@ A results file is one ``.npz`` archive (numpy, no pickles) holding
 * ``values`` — the ``(N_a, N_b)`` float64 matrix (NaN where not computed yet);
 * ``done`` — a boolean mask of finished entries;
 * ``norms_a`` / ``norms_b`` (with ``norms_a_done`` / ``norms_b_done``) — the per-model squared
-  norms as ``(3, N)`` float64 rows (mantissa, log factors; see :class:`tnsim.contract.Scaled`),
+  norms as ``(3, N)`` float64 rows (mantissa, log factors; see :class:`tnsim.plan.Scaled`),
   stored as soon as they are computed so that a resumed run does not recompute them.
 
 Every update rewrites the archive to ``<file>.tmp`` and renames it over the file (an atomic

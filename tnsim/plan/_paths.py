@@ -30,8 +30,13 @@ from pathlib import Path
 
 import cotengra as ctg
 
+from .. import _caches
+from .._memory import SLICE_OVERHEAD, check_allocation, memory_limit, set_memory_limit, slice_overhead
+
 __all__ = [
     "find_tree",
+    "check_allocation",
+    "SLICE_OVERHEAD",
     "cache_dir",
     "clear_cache",
     "set_memory_limit",
@@ -43,14 +48,10 @@ __all__ = [
 ]
 
 OPTIMAL_CUTOFF = 12
-#: Default largest flop overhead accepted to slice a contraction under the memory limit.
-SLICE_OVERHEAD = 2.0
 #: Default largest number of entries in the disk cache (a few KiB each on disk).
 CACHE_ENTRIES = 2000
-_MEMORY: dict = {}
+_MEMORY = _caches.memo("contraction trees")
 _WRITES = [0]  # disk entries written by this process since the cache was last pruned
-_LIMIT: list[float | None] = [None]
-_SLICE: list = [SLICE_OVERHEAD]
 
 
 def cache_dir() -> Path:
@@ -99,56 +100,9 @@ def clear_cache(disk: bool = True) -> None:
     The next comparison searches its paths again (a cold start). Deleting the folder
     :func:`cache_dir` by hand has the same effect on disk.
     """
-    from . import contract, exact, matrix
-
-    _MEMORY.clear()
-    contract.clear_memory_cache()
-    exact._CHOICES.clear()
-    matrix._BYTES.clear()
+    _caches.clear()
     if disk:
         shutil.rmtree(cache_dir(), ignore_errors=True)
-
-
-def set_memory_limit(nbytes: float | None, *, slice_overhead: float | None = SLICE_OVERHEAD) -> None:
-    """Largest intermediate (bytes) a contraction may create; ``None`` restores the default.
-
-    A contraction above the limit is *sliced* (some indices are fixed in turn and the pieces
-    summed; cotengra chooses them) when that keeps the flops within ``slice_overhead`` times
-    the unsliced flops; otherwise it raises :class:`~tnsim.errors.UnaffordableError` before
-    allocating anything. ``slice_overhead=None`` never slices.
-    """
-    _LIMIT[0] = nbytes
-    _SLICE[0] = slice_overhead
-
-
-def memory_limit() -> float | None:
-    """The memory limit in bytes: :func:`set_memory_limit`, else ``$TNSIM_MEMORY_LIMIT``,
-    else 4 GiB."""
-    if _LIMIT[0] is not None:
-        return _LIMIT[0]
-    env = os.environ.get("TNSIM_MEMORY_LIMIT")
-    return float(env) if env else 4 * 2**30
-
-
-def check_allocation(shape, itemsize: int, what: str) -> None:
-    """Raise :class:`~tnsim.errors.UnaffordableError` before allocating a dense array of
-    ``shape`` that exceeds the memory limit (states and metrics built outside contractions)."""
-    from .errors import UnaffordableError
-
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    limit = memory_limit()
-    if limit is not None and numel * itemsize > limit:
-        raise UnaffordableError(
-            f"{what} of shape {tuple(int(s) for s in shape)} needs {numel * itemsize / 2**20:.3g} MiB, "
-            f"above the memory limit of {limit / 2**20:.3g} MiB (tnsim.set_memory_limit)"
-        )
-
-
-def slice_overhead() -> float | None:
-    """Largest flop overhead accepted for slicing (``None``: slicing is off)."""
-    return _SLICE[0]
 
 
 def slice_tree(tree: ctg.ContractionTree, max_elements: float) -> ctg.ContractionTree | None:

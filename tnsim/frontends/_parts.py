@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .compile import compile as _compile
-from .errors import StructureError
-from .network import Network, chain_slice
-from .nn import BilinearAttention, TensorTransformerBlock
+from ._compile import compile as _compile
+from ..errors import StructureError
+from ..ir._network import Network, chain_slice
+from ..nn import BilinearAttention, TensorTransformerBlock
 
 __all__ = ["head", "slice"]
 

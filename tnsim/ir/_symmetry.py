@@ -22,9 +22,9 @@ import networkx as nx
 import torch
 from networkx.algorithms.isomorphism import GraphMatcher
 
-from .errors import StructureError
-from .groups import Perm, closure
-from .term import Term, _minimal_generators
+from ..errors import StructureError
+from ._groups import Perm, closure
+from ._term import Term, _minimal_generators
 
 __all__ = ["find_symmetries", "verify_symmetries", "with_symmetries"]
 

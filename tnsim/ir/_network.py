@@ -23,8 +23,8 @@ from functools import cached_property
 
 import torch
 
-from .errors import ShapeMismatchError, StructureError
-from .term import Term, expand_composition
+from ..errors import ShapeMismatchError, StructureError
+from ._term import Term, copy_support, expand_composition
 
 __all__ = [
     "Network",
@@ -462,14 +462,12 @@ def identity_network(
 
 def stack(nets: list[Network], name: str | None = None) -> Network:
     """One batched network from networks of identical structure (model index = batch axis)."""
-    from .errors import StructureError as _SE
-
     first = nets[0]
     for i, n in enumerate(nets[1:], 1):
         if n.structure != first.structure:
-            raise _SE(f"model {i} ({n.name}) differs in structure from model 0 ({first.name})")
+            raise StructureError(f"model {i} ({n.name}) differs in structure from model 0 ({first.name})")
         if n.batch is not None:
-            raise _SE("cannot stack networks that are already stacks")
+            raise StructureError("cannot stack networks that are already stacks")
 
     memo: dict = {}  # the same weight appears in many terms: stack it once
 
@@ -480,8 +478,6 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
         return memo[key][0]
 
     def stack_terms(groups: list[tuple[Term, ...]]) -> tuple[Term, ...]:
-        from .contract import copy_support
-
         out = []
         for parts in zip(*groups):
             arrays = tuple(stacked([p.arrays[i] for p in parts]) for i in range(len(parts[0].arrays)))

@@ -26,10 +26,10 @@ from dataclasses import replace
 
 import torch
 
-from .errors import ShapeMismatchError, StructureError
-from .groups import shift
-from .network import Network, pad_input, strip_output_pad
-from .term import Term, _minimal_generators
+from ..errors import ShapeMismatchError, StructureError
+from ._groups import shift
+from ._network import Network, pad_input, strip_output_pad
+from ._term import Term, _minimal_generators
 
 __all__ = [
     "broadcast_to",

@@ -29,12 +29,13 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+import cotengra as ctg
 import torch
 
-from .errors import StructureError
-from .groups import Perm, closure, shift, tuple_orbits
+from ..errors import StructureError
+from ._groups import Perm, closure, shift, tuple_orbits
 
-__all__ = ["Term", "cp_term", "compose_terms"]
+__all__ = ["Term", "cp_term", "compose_terms", "evaluate_term", "copy_support"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,8 +190,6 @@ class Term:
 
     def check_invariance(self, generator: Perm, atol: float = 1e-8) -> bool:
         """Numerically check that permuting copies by ``generator`` leaves the tensor unchanged."""
-        from .contract import evaluate_term
-
         gen = torch.Generator().manual_seed(0)
         dtype = self.arrays[0].dtype if self.arrays else torch.float64
         xs = [torch.randn(self.in_shape, generator=gen, dtype=torch.float64) for _ in self.copies]
@@ -344,3 +343,41 @@ def expand_composition(outer: list[Term], inner: list[Term]) -> list[Term]:
             composed = compose_terms(t, [inner[i] for i in tup])
             out.append(composed.scaled(size))
     return out
+
+
+def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
+    """Per copy of a term on a padded space: ``(uses constant, uses real features)``.
+
+    Read off the one tensor carrying the copy's feature leg (``False`` only when that slice is
+    exactly zero for every model of a stack, e.g. the embedding :func:`~tnsim.network.pad_input`
+    puts on a copy); ``(True, True)`` when the leg is shared or several tensors carry it.
+    Reading values synchronises with the device, so the result is stored on the term
+    (``Term.support``) and carried over by :func:`~tnsim.network.stack`: a matrix of stacked
+    checkpoints reads it once per model, never inside its block loop. Meta tensors (no values)
+    get the conservative answer.
+    """
+    if term.support is not None:
+        return term.support
+    off = 0 if term.batch is None else 1
+    out = []
+    for legs in term.copies:
+        f = legs[-1]
+        hold = [k for k, ix in enumerate(term.inds) if f in ix]
+        const = real = True
+        if len(hold) == 1 and term.inds[hold[0]].count(f) == 1:
+            x = term.arrays[hold[0]]
+            if x.device.type != "meta":
+                ax = term.inds[hold[0]].index(f) + off
+                const = bool(x.narrow(ax, 0, 1).any())
+                real = bool(x.narrow(ax, 1, x.shape[ax] - 1).any())
+        out.append((const, real))
+    out = tuple(out)
+    object.__setattr__(term, "support", out)
+    return out
+
+
+def evaluate_term(term: Term, xs: list[torch.Tensor]) -> torch.Tensor:
+    """Evaluate ``coeff * T(x_1, ..., x_k)`` for one input per copy (no batch axis)."""
+    inputs = list(term.inds) + [tuple(c) for c in term.copies]
+    arrays = list(term.arrays) + list(xs)
+    return ctg.array_contract(arrays, inputs, term.outputs, optimize="greedy") * term.coeff

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import torch
 
-from . import paths
-from .contract import Piece, Scaled
-from .errors import StructureError
-from .exact import Mode, choose_variants, output_maps, prepare, sum_term_pairs
-from .measures import GaussianMeasure, Space, TensorMeasure, embedded, pad_pieces
-from .network import Network, compose, pad_input
+from .._memory import check_allocation
+from ..errors import StructureError
+from ..ir._network import Network, compose
+from ..measures import GaussianMeasure, Kernel, Piece, Space, TensorKernel
+from ..measures._base import embedded
+from ..plan._contract import Scaled
+from ._exact import choose_variants, exact, sum_term_pairs
+from ._prepare import Mode, Prepared, output_maps
 
 __all__ = ["recursive", "canonical_chain"]
 
@@ -67,13 +69,15 @@ def _out_space(net: Network) -> Space:
     return Space(tuple(net.out_shape), net.out_padded)
 
 
-def _legs(rank: int, who: str) -> tuple[tuple[str, int], ...]:
-    return tuple((who, i) for i in range(rank))
+def _legs(rank: int, slot: int) -> tuple[tuple[int, int], ...]:
+    return tuple((slot, i) for i in range(rank))
 
 
-class _StateTensorKernel:
-    kind = "tensor"
-    partial = False
+class _StateTensorKernel(Kernel):
+    """The propagated metric between the layer inputs of a and b (tensor measure)."""
+
+    scheme = "bijections"
+    const_blocks = True
 
     def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space,
                  decoupled: bool = False, identity: bool = False):
@@ -83,21 +87,21 @@ class _StateTensorKernel:
         ra, rb = len(space_a.shape), len(space_b.shape)
         # the input metric of the first layer is often the identity: join legs, skip the d x d
         identity = identity and not roles and ra == rb == 1
-        self._pair = (Piece(g, _legs(ra, "p") + _legs(rb, "q"), roles, identity=identity),)
+        self._pair = (Piece(g, _legs(ra, 0) + _legs(rb, 1), roles, identity=identity),)
+        self.like = g
         self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b, identity)
 
     def pair(self, s1, s2):
         return self._pair
 
-    def pad(self, s):
-        return pad_pieces(self.spaces[s], self.g)
-
     def single(self, s):
-        raise AssertionError
+        return None
 
 
-class _StateGaussianKernel:
-    kind = "gaussian"
+class _StateGaussianKernel(Kernel):
+    """Propagated means and covariances of the layer inputs (Gaussian closure)."""
+
+    scheme = "matchings"
 
     def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool,
                  decoupled: bool = False, real_mean_zero: bool = False, identity=frozenset()):
@@ -112,11 +116,12 @@ class _StateGaussianKernel:
         )
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
-            piece = Piece(c, _legs(r1, "p") + _legs(r2, "q"), roles, identity=(s1, s2) in identity)
+            piece = Piece(c, _legs(r1, 0) + _legs(r2, 1), roles, identity=(s1, s2) in identity)
             self._pairs[(s1, s2)] = (piece,)
         self._singles = {
-            s: (Piece(m, _legs(len(spaces[s].shape), "p"), roles),) for s, (m, roles) in mean.items()
+            s: (Piece(m, _legs(len(spaces[s].shape), 0), roles),) for s, (m, roles) in mean.items()
         }
+        self.like = next(iter(cov.values()))[0]
         self.structure = (
             "state-gaussian",
             tuple(sorted((k, roles, tuple(c.shape[len(roles) :])) for k, (c, roles) in cov.items())),
@@ -127,25 +132,20 @@ class _StateGaussianKernel:
         )
 
     def pair(self, s1, s2):
-        return self._pairs[(s1, s2)]
+        return self._pairs.get((s1, s2))
 
     def single(self, s):
         return self._singles[s]
 
-    def pad(self, s):
-        return pad_pieces(self.spaces[s], next(iter(self.cov.values()))[0])
-
 
 def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
     """The tensor-measure metric between input copies as one dense array."""
-    from .measures import TensorKernel
-
     pieces = TensorKernel(space_a, space_b, like).pair("a", "b")
     if len(pieces) == 1 and len(pieces[0].legs) == len(space_a.shape) + len(space_b.shape):
         return pieces[0].array
     eye, m = pieces[0].array, pieces[1].array
     n = eye.shape[0]
-    paths.check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize,
+    check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize,
                            "the recursive method's dense input metric for sequences")
     return torch.einsum("ts,ij->tisj", eye, m)
 
@@ -160,7 +160,7 @@ def _initial_gaussian(measure: GaussianMeasure, space: Space, other: Space, like
         m[0] = 1
     if space.sequence:
         n = space.shape[0]
-        paths.check_allocation((n, c.shape[0], n, c.shape[1]), like.dtype.itemsize,
+        check_allocation((n, c.shape[0], n, c.shape[1]), like.dtype.itemsize,
                                "the recursive method's dense input covariance for sequences")
         c = torch.einsum("ts,ij->tisj", torch.eye(n, dtype=like.dtype, device=like.device), c)
         m = m.expand(n, -1).clone()
@@ -192,16 +192,34 @@ def _aligned(net_a: Network, net_b: Network) -> list[tuple[Network, Network]]:
     return list(zip(ca, cb))
 
 
-def recursive(net_a: Network, net_b: Network, measure, outputs=None, *, stats: dict | None = None):
+def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
     """Recursive inner products: returns ``(ab, aa, bb)`` as :class:`Scaled` values.
 
     ``ab`` has batch axes (a, b) where the networks are stacks; ``aa`` and ``bb`` are the
-    per-model squared norms (diagonal).
+    per-model squared norms (diagonal). The state propagated is the measure's
+    :attr:`~tnsim.measures.Measure.closure`; a measure without one is computed exactly when
+    both models are one layer deep, and refused otherwise.
     """
-    net_a, net_b, dtype = prepare(net_a, net_b, measure)
-    if isinstance(measure, TensorMeasure):
+    net_a, net_b, measure, dtype = prepared.a, prepared.b, prepared.measure, prepared.dtype
+    if measure.closure == "hierarchical":
         return _recursive_tensor(net_a, net_b, outputs, dtype, stats)
-    return _recursive_gaussian(net_a, net_b, measure, outputs, dtype, stats)
+    if measure.closure == "gaussian":
+        return _recursive_gaussian(net_a, net_b, measure, outputs, dtype, stats)
+    _aligned(net_a, net_b)  # same number of layers, or a clear error
+    if len(canonical_chain(net_a)) == 1:
+        diag_a = Mode("diag") if net_a.batch else Mode()
+        diag_b = Mode("diag") if net_b.batch else Mode()
+        return (
+            exact(prepared, outputs, stats=stats),
+            exact(prepared, outputs, which="aa", mode=diag_a, stats=stats),
+            exact(prepared, outputs, which="bb", mode=diag_b, stats=stats),
+        )
+    raise StructureError(
+        f"the recursive method has no closure for the {measure.describe()} measure beyond the "
+        f"first layer ({net_a.name} has {len(canonical_chain(net_a))} non-linear layers); use "
+        "method='exact', or the Gaussian measure with the same mean and covariance for the "
+        "Gaussian closure"
+    )
 
 
 def _pad_chain_inputs(net: Network, need: bool) -> Network:
@@ -237,11 +255,9 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
                 g, roles, sx, sy, decoupled=index == 0,
                 identity=first[0] and sx.padded == sy.padded,
             )
-            tx, ty, _, _ = choose_variants(
-                x, y, "tensor", kern, virtual, (None, None), open_outputs=True, mode=mode
-            )
+            tx, ty, _, _ = choose_variants(x, y, kern, virtual, (None, None), open_outputs=True, mode=mode)
             return sum_term_pairs(
-                tx, ty, kern, kind="tensor", open_outputs=True, mode=mode,
+                tx, ty, kern, open_outputs=True, mode=mode,
                 virtual_a=virtual, virtual_b=virtual, dtype=dtype, stats=stats,
             )
 
@@ -341,7 +357,7 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
     layers = _aligned(net_a, net_b)
     ba, bb = net_a.batch, net_b.batch
     sa0, sb0 = _space(layers[0][0]), _space(layers[0][1])
-    measure.check(sa0.d)
+    measure.check(sa0)
     m_a, c_aa = _initial_gaussian(measure, sa0, sa0, like)
     m_b, c_bb = _initial_gaussian(measure, sb0, sb0, like)
     _, c_ab = _initial_gaussian(measure, sa0, sb0, like)
@@ -385,9 +401,9 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         k_ma = kern({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa})
         k_mb = kern({("a", "a"): (c_bb, ("a",) if roles["b"] else ())}, {"a": (m_b, ("a",) if roles["b"] else ())}, {"a": sb, "b": sb})
         mode_a = Mode("pair")
-        mean_a = sum_term_pairs(la.terms, None, k_ma, kind="gaussian", open_outputs=True, mode=mode_a,
+        mean_a = sum_term_pairs(la.terms, None, k_ma, open_outputs=True, mode=mode_a,
                                 virtual_a=va, dtype=dtype, stats=stats)
-        mean_b = sum_term_pairs(lb.terms, None, k_mb, kind="gaussian", open_outputs=True, mode=mode_a,
+        mean_b = sum_term_pairs(lb.terms, None, k_mb, open_outputs=True, mode=mode_a,
                                 virtual_a=vb, dtype=dtype, stats=stats)
         # second moments: a with a (diagonal), b with b, a with b
         rda = ("a",) if ba and not first else ()
@@ -408,11 +424,11 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         )
         diag_a = Mode("diag") if ba else Mode()
         diag_b = Mode("diag") if bb else Mode()
-        s_aa = sum_term_pairs(la.terms, la.terms, k_aa, kind="gaussian", open_outputs=True, mode=diag_a,
+        s_aa = sum_term_pairs(la.terms, la.terms, k_aa, open_outputs=True, mode=diag_a,
                               virtual_a=va, virtual_b=va, dtype=dtype, stats=stats)
-        s_bb = sum_term_pairs(lb.terms, lb.terms, k_bb, kind="gaussian", open_outputs=True, mode=diag_b,
+        s_bb = sum_term_pairs(lb.terms, lb.terms, k_bb, open_outputs=True, mode=diag_b,
                               virtual_a=vb, virtual_b=vb, dtype=dtype, stats=stats)
-        s_ab = sum_term_pairs(la.terms, lb.terms, k_ab, kind="gaussian", open_outputs=True, mode=Mode(),
+        s_ab = sum_term_pairs(la.terms, lb.terms, k_ab, open_outputs=True, mode=Mode(),
                               virtual_a=va, virtual_b=vb, dtype=dtype, stats=stats)
         # everything in units of exp(k*ls + w) per side
         nba, nbb = (1 if ba else 0), (1 if bb else 0)

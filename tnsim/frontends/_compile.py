@@ -25,62 +25,26 @@ naming the module and its position in the model.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
 
 import torch
 
-from .algebra import simplify
-from .errors import NonFiniteError, NotMultilinearError
-from .network import Network, compose, pad_input, pad_output, positionwise
-from .nn import (
+from ..ir.algebra import reshape, simplify
+from ..errors import NonFiniteError, NotMultilinearError
+from ..ir._network import Network, compose, pad_input, pad_output, positionwise
+from ..nn import (
     Bilinear,
     BilinearAttention,
     Embedding,
     TensorTransformerBlock,
     Trilinear,
 )
-from .symmetry import with_symmetries
-from .term import Term, cp_term
+from ..ir._symmetry import with_symmetries
+from ..ir._term import Term, cp_term
+from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding, register
+from ._trace import trace
 
-__all__ = ["compile", "register"]
-
-_COMPILERS: dict[type, Callable] = {}
-_NON_POLYNOMIAL = (
-    "ReLU GELU SiLU Sigmoid Tanh Softmax LogSoftmax Softplus ELU LeakyReLU Mish Hardtanh "
-    "LayerNorm BatchNorm1d BatchNorm2d GroupNorm RMSNorm MultiheadAttention"
-).split()
-
-
-def register(module_type: type):
-    """Register ``fn(module, path, padded) -> Network`` as the compiler of ``module_type``."""
-
-    def deco(fn):
-        _COMPILERS[module_type] = fn
-        return fn
-
-    return deco
-
-
-def _check_finite(module: torch.nn.Module, path: str) -> None:
-    for name, p in module.named_parameters():
-        if not torch.isfinite(p).all():
-            bad = int((~torch.isfinite(p)).sum())
-            where = f"{path}.{name}" if path else name
-            raise NonFiniteError(
-                f"parameter {where!r} (shape {tuple(p.shape)}) has {bad} NaN/inf entries"
-            )
-
-
-def _uses_padding(module: torch.nn.Module) -> bool:
-    for m in module.modules():
-        if isinstance(m, torch.nn.Linear) and m.bias is not None:
-            return True
-        if isinstance(m, (Bilinear, Trilinear, BilinearAttention)) and m.residual:
-            return True
-        if isinstance(m, Embedding) and m.pos is not None:
-            return True
-    return False
-
+__all__ = ["compile", "register", "as_network"]
 
 def compile(module, example_input=None, *, pad: bool | None = None, name: str | None = None) -> Network:
     """Compile a multilinear module (or pass a :class:`Network` through).
@@ -119,8 +83,6 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
             raise
         net = None
     if net is None:
-        from .trace import trace
-
         return trace(module, example_input, pad=pad, name=label)
     if net is _SKIP:
         raise NotMultilinearError(f"{label} computes the identity; nothing to compile")
@@ -132,29 +94,7 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
 
 
 def _named(net: Network, name: str) -> Network:
-    from dataclasses import replace
-
     return replace(net, name=name)
-
-
-_SKIP = object()
-
-
-def _compile(module: torch.nn.Module, path: str, padded: bool):
-    for cls in type(module).__mro__:
-        if cls in _COMPILERS:
-            return _COMPILERS[cls](module, path, padded)
-    where = path or "the model"
-    kind = type(module).__name__
-    if kind in _NON_POLYNOMIAL:
-        raise NotMultilinearError(
-            f"{where} ({kind}) is not a polynomial of its input; tnsim compiles linear, bilinear "
-            "and other multilinear layers only"
-        )
-    raise NotMultilinearError(
-        f"{where} ({kind}) is not a layer tnsim knows; pass example_input= to trace it, or "
-        "register a compiler with tnsim.register"
-    )
 
 
 def _param(x: torch.Tensor) -> torch.Tensor:
@@ -349,3 +289,12 @@ def _token_embedding(module: Embedding, path: str, padded: bool) -> Network:
     wt[:, 1:, 0] = pos
     term = Term((("t", "o", "i"),), (wt,), (("t", "i"),), ("t", "o"), (tag,))
     return Network((term,), (n, mat.shape[1]), (n, mat.shape[0]), True, True, None, None, path or "Embedding")
+
+
+def as_network(x, example_input=None) -> Network:
+    """A :class:`Network` from a module (compiled) or a network (returned as is).
+
+    A scalar-valued model compares as a function with one output.
+    """
+    net = x if isinstance(x, Network) else compile(x, example_input)
+    return reshape(net, (1,)) if net.out_shape == () else net

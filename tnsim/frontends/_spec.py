@@ -30,10 +30,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import ShapeMismatchError, StructureError
-from .network import Network
-from .symmetry import with_symmetries
-from .term import Term
+from ..errors import ShapeMismatchError, StructureError
+from ..ir._network import Network
+from ..ir._symmetry import with_symmetries
+from ..ir._term import Term
 
 __all__ = ["from_quimb", "network_from_spec", "network_from_terms", "term_from_spec"]
 

@@ -41,10 +41,11 @@ import torch
 from torch import fx
 from torch.fx.node import map_aggregate
 
-from . import algebra as alg
-from .errors import NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
-from .network import Network, compose, identity_network, positionwise
-from .symmetry import with_symmetries
+from ..ir import algebra as alg
+from ..errors import NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
+from ..ir._network import Network, compose, identity_network, positionwise
+from ..ir._symmetry import with_symmetries
+from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding
 
 __all__ = ["trace"]
 
@@ -95,8 +96,6 @@ class _Proxy(fx.Proxy):
 
 
 def _is_leaf(m: torch.nn.Module) -> bool:
-    from .compile import _COMPILERS
-
     if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
         return False
     if any(cls in _COMPILERS for cls in type(m).__mro__):
@@ -349,8 +348,6 @@ class _Interpreter:
     # -- modules -------------------------------------------------------------------------------
 
     def call_module(self, target: str, args, kwargs) -> Sym:
-        from .compile import _SKIP, _compile
-
         module = self.module.get_submodule(target)
         if len(args) != 1 or kwargs or not isinstance(args[0], Sym):
             raise self.fail(f"module {target!r} ({type(module).__name__})", "is called with more than one input")
@@ -781,8 +778,6 @@ def trace(module: torch.nn.Module, example_input, *, pad: bool | None = None, na
     name
         Label used in messages.
     """
-    from .compile import _check_finite, _uses_padding
-
     x = torch.as_tensor(example_input)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and x.is_floating_point():

@@ -43,15 +43,21 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .api import _cosine, _resolve_method, as_network
-from .contract import Scaled, dry_run, quiet
-from .errors import StructureError, UnaffordableError
-from .exact import Mode, exact
-from .execute import shared_intermediates
-from .measures import GaussianMeasure, as_measure
-from .network import Network, stack, unstack
-from .progress import bar as progress_bar
-from .recursive import recursive
+from .. import _caches, baselines
+from .._memory import memory_limit
+from ..distributed import run_tasks
+from ..errors import ArgumentTypeError, InvalidArgumentError, StructureError, UnaffordableError
+from ..frontends._compile import as_network
+from ..ir._network import Network, stack, unstack
+from ..measures import as_measure
+from ..plan._contract import Scaled, dry_run, quiet
+from ..plan._execute import shared_intermediates
+from ..progress import bar as progress_bar
+from ..results import ResultsFile, fingerprint, tensor_digest
+from ._choose import cosine, cost_from_stats, resolve_method
+from ._exact import exact
+from ._prepare import Mode, prepare
+from ._recursive import recursive
 
 __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
 
@@ -195,15 +201,11 @@ def _chunks(nets, groups, size) -> list[Chunk]:
     return out
 
 
-_BYTES: dict = {}
+_BYTES = _caches.memo("block bytes")
 
 
 def _spec_key(spec: Spec) -> tuple:
-    m, out = spec.measure, spec.outputs
-    if isinstance(m, GaussianMeasure):
-        mk = ("gaussian", m.mean is None, m.cov is None, m.centred)
-    else:
-        mk = ("tensor",)
+    mk, out = spec.measure.key(), spec.outputs
     if out is None:
         ok = None
     elif isinstance(out, torch.Tensor) and out.dim() == 2:
@@ -254,23 +256,21 @@ def plan_matrix(
     in ``memory`` bytes (default: :func:`tnsim.paths.memory_limit`); if even one model per
     chunk does not fit, :class:`~tnsim.errors.UnaffordableError` says how much it needs.
     """
-    from . import paths
-
     meas = as_measure(measure, mean, cov, centred)
     symmetric = models_b is None
     nets_a = _as_list(models, example_input)
     nets_b = nets_a if symmetric else _as_list(models_b, example_input)
     if not nets_a or not nets_b:
-        raise ValueError("similarity_matrix needs at least one model on each side")
+        raise InvalidArgumentError("similarity_matrix needs at least one model on each side")
     groups_a = _groups(nets_a)
     groups_b = groups_a if symmetric else _groups(nets_b)
     methods = {}
     for ga, ia in enumerate(groups_a):
         for gb, ib in enumerate(groups_b):
-            methods[(ga, gb)] = _resolve_method(method, nets_a[ia[0]], nets_b[ib[0]], meas, outputs)
-    budget = paths.memory_limit() if memory is None else float(memory)
+            methods[(ga, gb)] = resolve_method(method, prepare(nets_a[ia[0]], nets_b[ib[0]], meas), outputs)
+    budget = memory_limit() if memory is None else float(memory)
     if block_size is not None and block_size < 1:
-        raise ValueError(f"block_size must be a positive number of models, got {block_size}")
+        raise InvalidArgumentError(f"block_size must be a positive number of models, got {block_size}")
 
     def probe(size: int) -> float:
         need = 0.0
@@ -314,8 +314,6 @@ def matrix_cost(models, models_b=None, **options):
     Sums flops and contractions over the blocks that would run (and the per-model norms);
     ``largest_intermediate`` is the largest of any block.
     """
-    from .api import _cost_from_stats
-
     plan = plan_matrix(models, models_b, **options)
     stats: dict = {"paths": []}
     with dry_run():  # the same calls as run_plan, planned and costed, contracting nothing
@@ -336,7 +334,7 @@ def matrix_cost(models, models_b=None, **options):
             block_task(ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j, stats=stats)
     dtype = torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)
     method = "+".join(sorted(set(plan.methods.values())))
-    return _cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
+    return cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
                             block_size=plan.block_size)
 
 
@@ -344,14 +342,15 @@ def matrix_cost(models, models_b=None, **options):
 
 
 def _block_inner(stack_a: Network, stack_b: Network, spec: Spec, stats=None):
+    p = prepare(stack_a, stack_b, spec.measure)
     if spec.method == "exact":
-        return exact(stack_a, stack_b, spec.measure, spec.outputs, stats=stats)
-    return recursive(stack_a, stack_b, spec.measure, spec.outputs, stats=stats)
+        return exact(p, spec.outputs, stats=stats)
+    return recursive(p, spec.outputs, stats=stats)
 
 
 def _norm_scaled(stack_: Network, spec: Spec, stats=None) -> Scaled:
     """Squared norms of a chunk's models (a batched ``diag`` contraction)."""
-    return exact(stack_, stack_, spec.measure, spec.outputs, mode=Mode("diag"), stats=stats)
+    return exact(prepare(stack_, stack_, spec.measure), spec.outputs, mode=Mode("diag"), stats=stats)
 
 
 def norm_task(stack_: Network, spec: Spec) -> Scaled:
@@ -401,12 +400,12 @@ def _diagonal_exact(stack_: Network, spec: Spec, norms: Scaled, stats=None) -> t
     rows, cols = torch.triu_indices(n, n, 1, device=device)
     value = torch.empty(n, n, dtype=torch.float64, device=device)
     idx = torch.arange(n, device=device)
-    value[idx, idx] = _cosine(norms, norms, norms)
+    value[idx, idx] = cosine(norms, norms, norms)
     per = max(n, PAIRS_PER_BATCH)  # pairs per batch: intermediates no bigger than a block's
     for start in range(0, len(rows), per):
         r, c = rows[start : start + per], cols[start : start + per]
-        ab = exact(_take(stack_, r), _take(stack_, c), spec.measure, spec.outputs, mode=Mode("diag"), stats=stats)
-        cos = _cosine(ab, _pick(norms, r), _pick(norms, c))
+        ab = exact(prepare(_take(stack_, r), _take(stack_, c), spec.measure), spec.outputs, mode=Mode("diag"), stats=stats)
+        cos = cosine(ab, _pick(norms, r), _pick(norms, c))
         value[r, c] = cos
         value[c, r] = cos
     return value
@@ -427,9 +426,9 @@ def block_task(
             return _diagonal_exact(stack_a, spec, norms_a, stats)
         if spec.method == "exact":
             ab = _block_inner(stack_a, stack_b, spec, stats)
-            value = _cosine(ab, norms_a, norms_b)
+            value = cosine(ab, norms_a, norms_b)
         else:
-            value = _cosine(*_block_inner(stack_a, stack_b, spec, stats))
+            value = cosine(*_block_inner(stack_a, stack_b, spec, stats))
     if diagonal:
         upper = torch.triu(value)
         value = upper + torch.triu(value, 1).T
@@ -482,7 +481,8 @@ def similarity_matrix(
     executor
         A ``dask.distributed.Client`` or ``concurrent.futures.Executor`` to run blocks on.
     progress
-        Show a tqdm progress bar over blocks (it appears only once a run has taken 2 s).
+        Show a progress bar over blocks (it appears only once a run has taken 2 s; live on a
+        terminal, a line every 30 s or 10% in logs: :mod:`tnsim.progress`).
     results
         Path of a results file: finished blocks are saved as they complete and skipped when
         the same computation is run again (see :mod:`tnsim.results`).
@@ -503,18 +503,16 @@ def similarity_matrix(
     (torch.Size([3, 3]), True)
     """
     if isinstance(measure, str) and measure not in ("tensor", "gaussian"):
-        from . import baselines
-
         # pass the shared options on (a baseline that has no use for one rejects it by name)
         shared = {"outputs": outputs, "mean": mean, "cov": cov}
         options = {k: v for k, v in shared.items() if v is not None}
         if centred:
             options["centred"] = True
         if method != "auto":
-            raise TypeError(f"method={method!r} applies to 'tensor' and 'gaussian', not {measure!r}")
+            raise ArgumentTypeError(f"method={method!r} applies to 'tensor' and 'gaussian', not {measure!r}")
         return baselines.matrix(measure, models, models_b, **options, **baseline_options)
     if baseline_options:
-        raise TypeError(f"unexpected options {sorted(baseline_options)} for measure {measure!r}")
+        raise ArgumentTypeError(f"unexpected options {sorted(baseline_options)} for measure {measure!r}")
     plan = plan_matrix(
         models, models_b, measure=measure, method=method, mean=mean, cov=cov, outputs=outputs,
         centred=centred, example_input=example_input, block_size=block_size, memory=memory,
@@ -523,12 +521,7 @@ def similarity_matrix(
 
 
 def _header(plan: MatrixPlan) -> dict:
-    from .results import fingerprint, tensor_digest
-
-    meas = plan.measure
-    options = {"measure": meas.describe()}
-    if isinstance(meas, GaussianMeasure):
-        options.update(mean=tensor_digest(meas.mean), cov=tensor_digest(meas.cov), centred=meas.centred)
+    options = plan.measure.header()
     out = plan.outputs
     options["outputs"] = tensor_digest(out if out is None or isinstance(out, torch.Tensor) else list(map(int, out)))
     methods = sorted({m for m in plan.methods.values()})
@@ -546,9 +539,6 @@ def _header(plan: MatrixPlan) -> dict:
 
 def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=None) -> torch.Tensor:
     """Compute a planned matrix (see :func:`similarity_matrix` for the options)."""
-    from .distributed import run_tasks
-    from .results import ResultsFile
-
     device = plan.device
     out = torch.full(plan.shape, float("nan"), dtype=torch.float64, device=device)
     store = None

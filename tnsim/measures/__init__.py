@@ -1,0 +1,36 @@
+"""Measures: what an inner product of two models means, and the kernels between input copies.
+
+* :class:`TensorMeasure` — Frobenius inner product of the fully symmetrised padded tensors;
+* :class:`GaussianMeasure` — expectation under :math:`\\mathcal N(\\mu, \\Sigma)`.
+
+Every measure implements the :class:`Measure` protocol (see :mod:`._base`); adding one is a
+new module here that subclasses it, plus its tests.
+"""
+
+from ..errors import ArgumentTypeError, InvalidArgumentError
+from ._base import Kernel, Measure, Piece, Space
+from ._gaussian import GaussianKernel, GaussianMeasure
+from ._tensor import TensorKernel, TensorMeasure
+
+__all__ = ["Measure", "Kernel", "Piece", "Space", "TensorMeasure", "GaussianMeasure",
+           "TensorKernel", "GaussianKernel", "as_measure"]
+
+_NAMED = {"tensor": TensorMeasure, "gaussian": GaussianMeasure}
+
+
+def as_measure(measure, mean=None, cov=None, centred: bool = False) -> Measure:
+    """Normalise ``measure`` (a name or a :class:`Measure`) plus keyword options to an object."""
+    if isinstance(measure, Measure):
+        if mean is not None or cov is not None or centred:
+            raise ArgumentTypeError("pass mean/cov/centred inside the measure object, not beside it")
+        return measure
+    if measure == "tensor":
+        if mean is not None or cov is not None or centred:
+            raise ArgumentTypeError("mean, cov and centred apply to the Gaussian measure only")
+        return TensorMeasure()
+    if measure == "gaussian":
+        return GaussianMeasure(mean, cov, centred)
+    raise InvalidArgumentError(
+        f"unknown measure {measure!r}: use 'tensor', 'gaussian' or a tnsim measure object "
+        "(tnsim.GaussianMeasure, ...)"
+    )

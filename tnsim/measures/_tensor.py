@@ -1,0 +1,84 @@
+r"""The tensor measure: the Frobenius inner product of fully symmetrised, padded tensors.
+
+:math:`\langle \mathrm{Sym}\,T_a, \mathrm{Sym}\,T_b\rangle` — a pure weight-space quantity.
+Lower-degree terms are homogenised to the top degree with virtual copies on the constant
+coordinate, so the padded tensor is canonical; the pairings are bijections between the copies
+of *a* and *b*, normalised by :math:`1/K!`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._memory import check_allocation
+from ..errors import ShapeMismatchError
+from ._base import Kernel, Measure, Piece, Space, embedded, feature_pieces
+
+__all__ = ["TensorMeasure", "TensorKernel"]
+
+
+@dataclass(frozen=True)
+class TensorMeasure(Measure):
+    """Frobenius inner product of fully symmetrised (padded) tensors."""
+
+    name = "tensor"
+    homogenise = True
+    closure = "hierarchical"
+
+    def kernel(self, space_a: Space, space_b: Space, like: torch.Tensor) -> "TensorKernel":
+        return TensorKernel(space_a, space_b, like)
+
+    def key(self) -> tuple:
+        return ("tensor",)
+
+    def describe(self) -> str:
+        return "tensor"
+
+
+class TensorKernel(Kernel):
+    r"""Metric of the tensor measure: the identity on real features, plus the constant.
+
+    For padded sequences the constant coordinate is shared by all positions, so the metric is
+    :math:`P_{(t,i),(s,j)} = \delta_{ts}\,[i=j\ge 1] + [i=0][j=0]` (one constant for the whole
+    input, making the padded tensor canonical).
+    """
+
+    scheme = "bijections"
+    decoupled = True  # constant meets constant, real features meet real features
+    const_blocks = True
+
+    def __init__(self, space_a: Space, space_b: Space, like: torch.Tensor):
+        if space_a.d != space_b.d or space_a.shape[:-1] != space_b.shape[:-1]:
+            raise ShapeMismatchError(f"input spaces differ: {space_a.shape} vs {space_b.shape}")
+        self.spaces = {"a": space_a, "b": space_b}
+        self.like = like
+        m = embedded(torch.eye(space_a.d, dtype=like.dtype, device=like.device), space_a, space_b)
+        both = space_a.padded and space_b.padded
+        if both and not space_a.sequence:
+            m[0, 0] = 1
+            self._pair = (Piece(m, ((0, 0), (1, 0)), identity=True),)
+        elif both:
+            n = space_a.shape[0]
+            check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize, "the padded sequence metric")
+            eye = torch.eye(n, dtype=like.dtype, device=like.device)
+            dense = torch.einsum("ts,ij->tisj", eye, m)
+            dense[:, 0, :, 0] = 1
+            self._pair = (Piece(dense, ((0, 0), (0, 1), (1, 0), (1, 1))),)
+        else:
+            same = space_a.padded == space_b.padded
+            self._pair = feature_pieces(m, space_a, space_b, like, identity=same)
+        self._pads: dict = {}
+        self.structure = ("tensor", space_a, space_b)
+
+    def pair(self, s1: str, s2: str):
+        return self._pair
+
+    def pad(self, s: str):
+        if s not in self._pads:
+            self._pads[s] = super().pad(s)
+        return self._pads[s]
+
+    def single(self, s: str):
+        return None  # every copy is paired

@@ -1,0 +1,280 @@
+r"""Plan (cotengra) and run (torch) the doubled networks of one term pair, summed over orbits.
+
+Plans are keyed by *structure* only (indices, shapes, pairing), so checkpoints with new weights
+reuse the contraction tree; trees come from cotengra and are cached in memory and on disk
+(:mod:`tnsim.plan._paths`). Every term tensor is scaled to unit norm per model before contracting,
+and the logarithms of the scales are tracked, so float32 contractions of deep networks neither
+overflow nor underflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import _caches
+from .._memory import check_allocation, memory_limit, slice_overhead
+from ..doubled import Equation, Side, build_equation, gather, pairings, vanishing_rule
+from ..errors import UnaffordableError
+from ..ir._term import Term
+from . import _paths as paths
+from ._execute import execute
+
+__all__ = [
+    "Scaled", "planned", "contract_pairings", "normalised", "dry_run", "quiet", "Contraction",
+]
+
+
+@dataclass
+class Scaled:
+    """A value ``mantissa * exp(log_a[i] + log_b[j])`` kept apart to avoid overflow.
+
+    ``mantissa`` has the batch axes (a, b) first where present, then any open output axes.
+    """
+
+    mantissa: torch.Tensor
+    log_a: torch.Tensor | float = 0.0
+    log_b: torch.Tensor | float = 0.0
+
+    def value(self) -> torch.Tensor:
+        la, lb = torch.as_tensor(self.log_a, dtype=torch.float64), torch.as_tensor(
+            self.log_b, dtype=torch.float64
+        )
+        m = self.mantissa
+        extra = m.dim() - la.dim() - lb.dim()
+        la = la.to(m.device).reshape(la.shape + (1,) * (lb.dim() + extra))
+        lb = lb.to(m.device).reshape(lb.shape + (1,) * extra)
+        return m * torch.exp(la + lb)
+
+
+# --- normalisation ---------------------------------------------------------------------------
+
+
+def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model.
+
+    An array that occurs several times in the term (one weight on several input copies) is
+    scaled once and returned as one object, so :mod:`tnsim.execute` can share its products.
+    """
+    arrays, logs = [], []
+    done: dict = {}
+    for x0 in term.arrays:
+        if id(x0) in done:
+            y, n = done[id(x0)]
+            arrays.append(y)
+            logs.append(n)
+            continue
+        x = x0.to(dtype)
+        if term.batch is None:
+            n = torch.linalg.vector_norm(x, dtype=torch.float64)
+            n = torch.where(n > 0, n, torch.ones_like(n))
+            arrays.append(x / n.to(dtype))
+            logs.append(torch.log(n))
+        else:
+            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=torch.float64)
+            n = torch.where(n > 0, n, torch.ones_like(n))
+            arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
+            logs.append(torch.log(n))
+        done[id(x0)] = (arrays[-1], logs[-1])
+    total = torch.stack(logs).sum(0) if logs else torch.zeros((), dtype=torch.float64)
+    return arrays, total
+
+
+# --- planning and execution -----------------------------------------------------------------
+
+
+@dataclass
+class Contraction:
+    """A planned doubled network: its equation, cotengra tree and cost."""
+
+    equation: Equation
+    tree: object
+    sliced: dict = field(default_factory=dict)  # (limit, itemsize) -> sliced tree or None
+
+    @property
+    def flops(self) -> float:
+        return float(self.tree.total_flops())
+
+    @property
+    def max_size(self) -> float:
+        return float(self.tree.max_size())
+
+
+_PLANS = _caches.memo("plans")
+_DRY = contextvars.ContextVar("tnsim_dry_run", default=False)
+_QUIET = contextvars.ContextVar("tnsim_quiet", default=False)
+#: Orbit loops at least this long get a progress bar (shown once they have run 2 s).
+PROGRESS_MIN_ORBITS = 200
+PROGRESS_DELAY = 2.0
+
+
+@contextlib.contextmanager
+def _switched_on(flag: contextvars.ContextVar):
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
+def quiet():
+    """Within this context orbit loops show no progress bar (callers with their own bar)."""
+    return _switched_on(_QUIET)
+
+
+def dry_run():
+    """Within this context contractions are planned and costed but not executed (zeros)."""
+    return _switched_on(_DRY)
+
+
+def plan(key, build) -> Contraction:
+    """The contraction for structure ``key``, built with ``build()`` and planned on first use."""
+    hit = _PLANS.get(key)
+    if hit is None:
+        eq = build()
+        tree = paths.find_tree(eq.inputs, eq.output, eq.size_dict)
+        hit = Contraction(eq, tree)
+        _PLANS[key] = hit
+    return hit
+
+
+def fitted(contraction: Contraction, itemsize: int):
+    """The tree to execute within the memory limit (:func:`tnsim.paths.memory_limit`).
+
+    The plan's own tree if its largest intermediate fits; otherwise a sliced copy (cotengra
+    loops over the values of the sliced indices) if one fits at an acceptable flop overhead
+    (:func:`tnsim.paths.slice_tree`); otherwise ``None``.
+    """
+    limit = memory_limit()
+    if limit is None or contraction.max_size * itemsize <= limit:
+        return contraction.tree
+    key = (limit, itemsize, slice_overhead())
+    if key not in contraction.sliced:
+        contraction.sliced[key] = paths.slice_tree(contraction.tree, limit / itemsize)
+    return contraction.sliced[key]
+
+
+def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
+    """Execute a planned contraction; slice it, or refuse it, if it exceeds the memory limit."""
+    tree = fitted(contraction, itemsize)
+    if tree is None:
+        limit = memory_limit()
+        need = contraction.max_size * itemsize
+        overhead = slice_overhead()
+        why = (
+            "slicing is off (set_memory_limit(..., slice_overhead=None))"
+            if overhead is None
+            else f"slicing cannot bring it under the limit within {overhead}x the flops"
+        )
+        raise UnaffordableError(
+            f"contraction needs an intermediate of {need / 2**20:.3g} MiB "
+            f"({contraction.max_size:.3g} elements), above the memory limit of "
+            f"{limit / 2**20:.3g} MiB (tnsim.set_memory_limit), and {why}; use smaller "
+            "batches, raise the limit or use method='recursive'"
+        )
+    return execute(tree, arrays)
+
+
+def structure_key(sides: list[Side], kernel, open_outputs: bool) -> tuple:
+    """Everything a doubled network's plan depends on, except the pairing."""
+    return (
+        kernel.scheme,
+        tuple((s.term.structure, s.virtual, s.batch_label, s.term.batch) for s in sides),
+        kernel.structure,
+        open_outputs,
+        tuple(
+            tuple(None if m is None else tuple(m.shape) for m in (s.out_map or ())) for s in sides
+        ),
+    )
+
+
+def planned(sides, kernel, open_outputs, rep, blocks) -> Contraction:
+    """The (cached) planned contraction of one pairing."""
+    return plan(
+        (structure_key(sides, kernel, open_outputs), rep),
+        lambda: build_equation(sides, blocks, kernel, open_outputs),
+    )
+
+
+def contract_pairings(
+    sides: list[Side],
+    kernel,
+    *,
+    open_outputs: bool,
+    arrays: list[list[torch.Tensor]],
+    dtype: torch.dtype,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    r"""Sum over orbits of pairings of the doubled network of ``sides``.
+
+    The kernel's scheme says what is summed (:func:`tnsim.doubled.pairings`): bijections
+    between the (homogenised) copies of two sides,
+    :math:`\frac{1}{K!}\sum_\sigma \langle T_a, \sigma T_b\rangle`; Wick matchings of all
+    copies, :math:`\sum_m \prod_{pairs}\Sigma \prod_{singles}\mu`; or set partitions,
+    :math:`\sum_\pi \prod_{B\in\pi}\kappa_B`. Coefficients of the terms are included; arrays
+    must already be normalised.
+    """
+    reps, norm = pairings(sides, kernel)
+    coeff = math.prod(s.term.coeff for s in sides) * norm
+    vanishes = vanishing_rule(sides, kernel)
+    itemsize = dtype.itemsize
+    like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
+    total = None
+    if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get() and not _DRY.get():
+        reps = tqdm(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
+    for rep, size, blocks in reps:
+        if vanishes is not None and vanishes(blocks):
+            continue
+        con = planned(sides, kernel, open_outputs, rep, blocks)
+        if stats is not None:
+            _record(stats, con, itemsize)
+        if _DRY.get():
+            shape = [con.equation.size_dict[i] for i in con.equation.output]
+            check_allocation(shape, 8, "a contraction's result")
+            value = torch.zeros(shape, dtype=torch.float64, device=like.device)
+            total = value if total is None else total + value
+            continue
+        ops = gather(con.equation, sides, arrays, kernel, like)
+        ops = [x.to(dtype) for x in ops]
+        value = run(con, ops, itemsize).to(torch.float64) * (size * coeff)
+        total = value if total is None else total + value
+    if total is None:
+        # no pairing at all (an odd number of copies under a zero-mean, unpadded Gaussian):
+        # the expectation is exactly zero
+        return _zeros_result(sides, open_outputs, like)
+    return total
+
+
+def _record(stats: dict, con: Contraction, itemsize: int) -> None:
+    """Add one contraction's cost (as it would run: sliced if need be) to ``stats``."""
+    tree = fitted(con, itemsize)
+    stats["contractions"] = stats.get("contractions", 0) + 1
+    stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), con.max_size)
+    if tree is None:
+        stats["unaffordable"] = stats.get("unaffordable", 0) + 1
+        tree = con.tree
+    elif tree is not con.tree:
+        stats["sliced"] = stats.get("sliced", 0) + 1
+        stats["slices"] = max(stats.get("slices", 1), int(tree.nslices))
+    stats["flops"] = stats.get("flops", 0.0) + float(tree.total_flops())
+    stats["max_size"] = max(stats.get("max_size", 0.0), float(tree.max_size()))
+    stats.setdefault("optimizers", set()).add(paths.optimizer_name(len(con.equation.inputs)))
+    if "paths" in stats:
+        stats["paths"].append(con.tree.get_path())
+
+
+def _zeros_result(sides: list[Side], open_outputs: bool, like: torch.Tensor) -> torch.Tensor:
+    """A zero of the shape :func:`build_equation` gives the result (batch axes, open outputs)."""
+    shape, seen = [], []
+    for s in sides:
+        if s.batch_label and s.batch_label not in seen:
+            seen.append(s.batch_label)
+            shape.append(s.term.batch)
+    if open_outputs:
+        shape += [s.term.size_dict[o] for s in sides for o in s.term.outputs]
+    return torch.zeros(shape, dtype=torch.float64, device=like.device)
