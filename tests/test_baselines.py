@@ -211,3 +211,44 @@ def test_similarity_matrix_passes_shared_options_to_baselines():
         tnsim.similarity_matrix(ms, measure="cka", data=x, outputs=[1])
     with pytest.raises(TypeError, match="method"):
         tnsim.similarity_matrix(ms, measure="output", data=x, method="exact")
+
+
+def test_shape_mismatches_raise_tnsim_errors_naming_the_models():
+    f, wide_in, wide_out = bilinear(3, 4, 2), bilinear(5, 4, 2, seed=1), bilinear(3, 4, 6, seed=2)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    with pytest.raises(ShapeMismatchError, match=r"model 0 \(second list\) \(Bilinear\) cannot take inputs of shape \(3,\)"):
+        B.output_cosine(f, wide_in, x)
+    with pytest.raises(ShapeMismatchError, match="2 and 6 outputs"):
+        B.output_cosine(f, wide_out, x)
+    with pytest.raises(ShapeMismatchError, match="cannot take inputs"):
+        B.monte_carlo(f, wide_in, n=100)
+    with pytest.raises(ShapeMismatchError, match="2 and 6 outputs"):
+        B.monte_carlo(f, wide_out, n=100)
+    with pytest.raises(ShapeMismatchError, match=r"cov has shape \(4, 4\).*3 input features"):
+        B.monte_carlo(f, f, n=100, cov=torch.eye(4, dtype=torch.float64))
+    with pytest.raises(ShapeMismatchError, match=r"mean has shape \(2,\)"):
+        B.monte_carlo(f, f, n=100, mean=torch.zeros(2, dtype=torch.float64))
+
+
+def test_monte_carlo_covariance_checks_match_the_exact_measure():
+    f, g = bilinear(3, 4, 2), bilinear(3, 4, 2, seed=1)
+    bad = torch.diag(torch.tensor([1.0, -0.5, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive semi-definite") as exact:
+        tnsim.similarity(f, g, cov=bad)
+    with pytest.raises(tnsim.errors.InvalidArgumentError, match="positive semi-definite") as sampled:
+        B.monte_carlo(f, g, n=100, cov=bad)
+    assert str(exact.value) == str(sampled.value)
+    assert isinstance(sampled.value, tnsim.TnsimError) and isinstance(sampled.value, ValueError)
+    # PSD but singular (rank 2): the inputs live on a plane, and the estimate still matches the
+    # exact value within its standard error
+    v = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    singular = v @ v.T
+    assert torch.linalg.matrix_rank(singular) == 2
+    est = B.monte_carlo(f, g, n=50_000, cov=singular)
+    assert abs(est.value - tnsim.similarity(f, g, cov=singular)) < 5 * est.stderr
+    # the samples have the requested covariance (and lie in its column space)
+    start = B._sampler("gaussian", 0, None, singular, None)
+    z = start(3)(200_000)
+    assert torch.allclose(z.T @ z / len(z), singular, atol=0.05)
+    normal = torch.linalg.svd(singular).U[:, 2]
+    assert (z @ normal).abs().max() < 1e-9

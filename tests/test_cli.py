@@ -1,16 +1,20 @@
 """The command line through a subprocess: outputs, figures, and one-line errors with status 2."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import tnsim
+import tnsim.cli
 from tnsim import checkpoints as K
 
 from models import bilinear
@@ -168,3 +172,115 @@ def test_demo_quick_prints_the_summary_and_writes_figures(tmp_path):
     ck = sorted((tmp_path / "demo" / "checkpoints" / "seed0").glob("ckpt_*.safetensors"))
     r = tnsim_cli("compare", ck[0], ck[-1], "--outputs", "9")
     assert r.returncode == 0 and 0 < float(r.stdout.split()[0]) < 1, r.stderr
+
+
+# --- defaults, help, output paths, resuming ----------------------------------------------------
+
+
+def test_default_measure_is_the_library_default(ckpts):
+    r = tnsim_cli("compare", ckpts["f"], ckpts["h"], "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    f, h = ckpts["models"][0], K.load(ckpts["h"])
+    assert res["measure"] == "gaussian"
+    assert res["similarity"] == pytest.approx(tnsim.similarity(f, h), rel=1e-12)
+    assert res["similarity"] != pytest.approx(tnsim.similarity(f, h, measure="tensor"), rel=1e-6)
+
+
+def test_help_is_plain_text_and_every_cost_flag_is_explained():
+    top = tnsim.cli.parser().format_help()
+    assert "``" not in top and ":func:" not in top and "gaussian" in top
+    (sub,) = [a for a in tnsim.cli.parser()._actions if a.dest == "command"]
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, f"tnsim {command} {action.option_strings or action.dest} has no help"
+
+
+def test_matrix_creates_output_folders_and_labels_columns(ckpts, tmp_path):
+    out = tmp_path / "missing" / "deeper"
+    r = tnsim_cli("matrix", ckpts["f"], ckpts["g"], ckpts["h"], "--csv", out / "m.csv",
+                  "--print", "--no-progress", "--measure", "tensor")
+    assert r.returncode == 0, r.stderr
+    assert (out / "m.csv").exists()
+    header, *rows = r.stdout.strip().splitlines()
+    assert header.split() == ["f", "g", "h"] and [row.split()[0] for row in rows] == ["f", "g", "h"]
+    assert float(rows[0].split()[2]) == pytest.approx(1.0, abs=1e-6)  # f vs g: the same function
+    assert r.stderr == ""  # --no-progress
+
+
+def test_unwritable_outputs_are_refused_before_computing(ckpts, tmp_path, monkeypatch, capsys):
+    def computed(*args, **kwargs):
+        raise AssertionError("computed before checking the outputs")
+
+    monkeypatch.setattr(tnsim, "similarity_matrix", computed)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for flag, target, words in (
+        ("--csv", a_file / "m.csv", ["--csv", "file.txt", "cannot write there"]),
+        ("--png", tmp_path, ["--png", "is a folder"]),
+        ("--results", a_file / "r.npz", ["--results", "cannot write there"]),
+    ):
+        status = tnsim.cli.main(["matrix", str(ckpts["f"]), str(ckpts["h"]), flag, str(target)])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1, err
+        assert all(w in err for w in words), err
+    status = tnsim.cli.main(["matrix", str(ckpts["f"]), str(ckpts["h"]), "--csv", str(tmp_path / "x"),
+                             "--results", str(tmp_path / "x")])
+    assert status == 2 and "different files" in capsys.readouterr().err
+
+
+def test_a_failed_write_keeps_the_results_and_a_rerun_computes_nothing(ckpts, tmp_path, monkeypatch, capsys):
+    from tnsim.methods import _matrix as matrix
+
+    args = ["matrix", str(ckpts["f"]), str(ckpts["g"]), str(ckpts["h"]), "--no-progress",
+            "--csv", str(tmp_path / "m.csv"), "--results", str(tmp_path / "run.npz")]
+
+    def disk_full(path, *rest):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(tnsim.cli, "_write_csv", disk_full)
+    assert tnsim.cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "m.csv" in err and "No space left" in err and "run.npz" in err
+    assert (tmp_path / "run.npz").exists() and not (tmp_path / "m.csv").exists()
+    monkeypatch.undo()
+    calls = []
+    block, norm = matrix.block_task, matrix.norm_task
+    monkeypatch.setattr(matrix, "block_task", lambda *a: calls.append(1) or block(*a))
+    monkeypatch.setattr(matrix, "norm_task", lambda *a: calls.append(1) or norm(*a))
+    assert tnsim.cli.main(args) == 0 and calls == []  # everything came from the results file
+    monkeypatch.undo()
+    rows = list(csv.reader((tmp_path / "m.csv").read_text().splitlines()))
+    models = [K.load(p) for p in (ckpts["f"], ckpts["g"], ckpts["h"])]
+    want = tnsim.similarity_matrix(models, progress=False)
+    assert [[float(v) for v in row[1:]] for row in rows[1:]] == want.tolist()
+    # without --results, the matrix goes to a temporary .npy named in the message
+    monkeypatch.setattr(tnsim.cli, "_write_csv", disk_full)
+    assert tnsim.cli.main(args[:-2]) == 2
+    err = capsys.readouterr().err
+    saved = err.split("saved in ")[1].split(" ")[0]
+    assert np.load(saved).tolist() == want.tolist()
+    os.unlink(saved)
+    assert tnsim.cli.main(args[:-4] + ["--measure", "matrix", "--results", str(tmp_path / "b.npz")]) == 2
+    assert "--results applies to the tensor and gaussian measures" in capsys.readouterr().err
+
+
+def test_a_residual_state_dict_without_its_json_is_refused(tmp_path):
+    from models import residual_stack
+
+    torch.save(residual_stack(d=3, width=3, h=4, o=2).state_dict(), tmp_path / "res.pt")
+    r = tnsim_cli("compare", tmp_path / "res.pt", tmp_path / "res.pt")
+    assert r.returncode == 2 and r.stdout == ""
+    assert "res.pt" in r.stderr and "residual" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_saved_networks_compare_and_refuse_baselines(ckpts, tmp_path, capsys):
+    f, g = ckpts["models"]
+    net = K.save(tnsim.compile(f), tmp_path / "net.safetensors")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert tnsim.cli.main(["compare", str(net), str(ckpts["g"]), "--json"]) == 0
+    assert json.loads(out.getvalue())["similarity"] == pytest.approx(tnsim.similarity(f, g), rel=1e-12)
+    assert tnsim.cli.main(["compare", str(net), str(ckpts["g"]), "--measure", "matrix"]) == 2
+    err = capsys.readouterr().err
+    assert "net.safetensors: holds a compiled tnsim.Network" in err and err.count("\n") == 1

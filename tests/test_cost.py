@@ -170,3 +170,36 @@ def test_cost_counts_every_orbit_and_estimates_flops_from_a_sample():
     assert est.estimated and not ran.estimated
     assert 0.5 < est.flops / ran.flops < 2.0
     assert est.largest_intermediate <= ran.largest_intermediate
+
+
+def test_disk_cache_is_bounded_and_keeps_recently_used_paths(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("TNSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TNSIM_CACHE_ENTRIES", "3")
+    tnsim.clear_cache(disk=False)
+
+    def chain(n):  # a distinct structure per n: a chain of n matrices
+        inputs = [(f"i{k}", f"i{k + 1}") for k in range(n)]
+        return inputs, ("i0", f"i{n}"), {f"i{k}": 2 + k for k in range(n + 1)}
+
+    def entries():
+        return {p.name for p in paths.cache_dir().glob("*.json")}
+
+    names = []
+    for n in range(2, 6):
+        before = entries()
+        paths.find_tree(*chain(n))
+        names.append((entries() - before or {None}).pop())
+        time.sleep(0.01)  # distinct modification times
+    assert len(entries()) == 3 and names[0] not in entries()  # the oldest entry went first
+    # reading an entry (in a fresh process: nothing in memory) makes it recent again
+    old = paths.cache_dir() / names[1]
+    os.utime(old, (1, 1))
+    tnsim.clear_cache(disk=False)
+    paths.find_tree(*chain(3))
+    assert os.stat(old).st_mtime > 1
+    paths.find_tree(*chain(7))
+    assert len(entries()) == 3 and names[1] in entries() and names[2] not in entries()
+    tnsim.clear_cache(disk=False)

@@ -172,6 +172,36 @@ def test_results_file_resumes_without_recomputing_finished_blocks(tmp_path, monk
     assert computed == [] and torch.equal(again, reference)
 
 
+@pytest.mark.parametrize("square", [True, False])
+def test_results_file_keeps_the_norms_of_an_interrupted_run(tmp_path, monkeypatch, square):
+    """A run interrupted before its first block has saved every per-model norm; the resumed
+    run computes none of them again and gives the uninterrupted matrix bit for bit."""
+    models = [stack2(seed=s) for s in range(5)]
+    left, right = (models, None) if square else (models[:3], models[3:])
+    path = tmp_path / "run.npz"
+    kw = dict(measure="gaussian", method="exact", block_size=2, progress=False)
+    reference = tnsim.similarity_matrix(left, right, **kw)
+    original_block, original_norm = matrix.block_task, matrix.norm_task
+    norms = []
+
+    def interrupted(*args):
+        raise Interrupt("killed before the first block")
+
+    monkeypatch.setattr(matrix, "norm_task", lambda *a: norms.append(1) or original_norm(*a))
+    monkeypatch.setattr(matrix, "block_task", interrupted)
+    with pytest.raises(Interrupt):
+        tnsim.similarity_matrix(left, right, results=path, **kw)
+    chunks = len(norms)
+    assert chunks == (3 if square else 2 + 1)
+    with np.load(path) as z:
+        assert not z["done"].any() and z["norms_a_done"].all()
+        assert z["norms_b_done"].all() == (not square)
+    norms.clear()
+    monkeypatch.setattr(matrix, "block_task", original_block)
+    resumed = tnsim.similarity_matrix(left, right, results=path, **kw)
+    assert norms == [] and torch.equal(resumed, reference)
+
+
 def test_results_file_refuses_other_settings_and_names_the_file(tmp_path):
     models = [bilinear(seed=s) for s in range(3)]
     path = tmp_path / "run.npz"

@@ -4,7 +4,7 @@ Compile a model into a sum of tensor-network terms, build the doubled network of
 let cotengra plan the contraction and torch run it.
 """
 
-from . import algebra, baselines, checkpoints, data, errors, nn, plot  # plot: matplotlib lazily
+from . import algebra, authors, baselines, checkpoints, data, errors, nn, plot  # plot: lazily
 from ._memory import memory_limit, set_memory_limit
 from .api import Comparison, compare, cost, inner, norm, similarity
 from .errors import (
@@ -54,6 +54,7 @@ __all__ = [
     "errors",
     "baselines",
     "checkpoints",
+    "authors",
     "data",
     "plot",
     "compile",

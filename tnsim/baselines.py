@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 
 from .errors import ShapeMismatchError
+from .measures import GaussianMeasure
 
 __all__ = [
     "METRICS",
@@ -105,10 +106,48 @@ def _project(y: torch.Tensor, outputs) -> torch.Tensor:
     return y[:, idx]
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, outputs) -> torch.Tensor:
+def _forward(model: torch.nn.Module, x: torch.Tensor, outputs, label: str = "model") -> torch.Tensor:
+    """Outputs of ``model`` on the batch ``x``, flattened per sample, float64.
+
+    Raises :class:`~tnsim.errors.ShapeMismatchError` naming the model and the input shape when
+    the model cannot take the inputs (torch's own error is a ``RuntimeError``).
+    """
     with torch.no_grad():
-        y = model(x.to(_dtype(model)))
+        try:
+            y = model(x.to(_dtype(model)))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ShapeMismatchError(
+                f"{label} ({type(model).__name__}) cannot take inputs of shape "
+                f"{tuple(x.shape[1:])} (per sample): {first}"
+            ) from None
     return _project(y.reshape(len(x), -1), outputs).to(torch.float64)
+
+
+def _gaussian_factor(mean, cov, d: int):
+    """``(mean, A)`` with ``A @ A.T == cov`` for sampling :math:`\mathcal N(\text{mean},
+    \text{cov})` in ``d`` dimensions, checked like the exact measure checks them.
+
+    Cholesky when ``cov`` is positive definite, else (positive semi-definite but singular) the
+    eigendecomposition, eigenvalues at rounding level set to zero.
+    """
+    GaussianMeasure(mean=mean, cov=cov)  # the checks and messages of the exact measure
+    for label, x, want in (("mean", mean, (d,)), ("cov", cov, (d, d))):
+        if x is not None and tuple(torch.as_tensor(x).shape) != want:
+            raise ShapeMismatchError(
+                f"{label} has shape {tuple(torch.as_tensor(x).shape)}, the models take "
+                f"{d} input features (expected {want})"
+            )
+    mu = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
+    if cov is None:
+        return mu, None
+    c = torch.as_tensor(cov, dtype=torch.float64)
+    factor, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:  # singular: cov = V diag(w) V^T, rounding-level eigenvalues set to 0
+        w, v = torch.linalg.eigh(c)
+        tol = len(w) * torch.finfo(torch.float64).eps * float(w.abs().max())
+        factor = v * torch.where(w > tol, w, torch.zeros_like(w)).sqrt()
+    return mu, factor
 
 
 def _sampler(distribution, seed: int, mean, cov, data):
@@ -118,15 +157,17 @@ def _sampler(distribution, seed: int, mean, cov, data):
 
     def start(d: int) -> Callable[[int], torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
+        gaussian = distribution == "gaussian" and (mean is not None or cov is not None)
+        mu, factor = _gaussian_factor(mean, cov, d) if gaussian else (None, None)
 
         def nxt(count: int) -> torch.Tensor:
             if callable(distribution):
                 return distribution(count, g)
-            if distribution == "gaussian" and (mean is not None or cov is not None):
+            if gaussian:
                 z = torch.randn(count, d, generator=g, dtype=torch.float64)
-                if cov is not None:
-                    z = z @ torch.linalg.cholesky(torch.as_tensor(cov, dtype=torch.float64)).T
-                return z + (0 if mean is None else torch.as_tensor(mean, dtype=torch.float64))
+                if factor is not None:
+                    z = z @ factor.T
+                return z + (0 if mu is None else mu)
             return sample(distribution, count, d, g, data=data, dtype=torch.float64)
 
         return nxt
@@ -162,16 +203,32 @@ def _cosine_stats(models_a, models_b, batches, centred: bool, outputs, stderr: b
     """
     same = models_b is models_a
 
-    def outs(models, x):
-        return torch.stack([_forward(m, x, outputs) for m in models])  # (N, c, k)
+    def outs(models, x, side):
+        ys = [_forward(m, x, outputs, f"model {i}{side}") for i, m in enumerate(models)]
+        shapes = {tuple(y.shape[1:]) for y in ys}
+        if len(shapes) > 1:
+            raise ShapeMismatchError(
+                f"the models{side} have outputs of different sizes {sorted(shapes)}"
+            )
+        return torch.stack(ys)  # (N, c, k)
+
+    def both(x):
+        ya = outs(models_a, x, "" if same else " (first list)")
+        yb = ya if same else outs(models_b, x, " (second list)")
+        if ya.shape[-1] != yb.shape[-1]:
+            raise ShapeMismatchError(
+                f"the models have {ya.shape[-1]} and {yb.shape[-1]} outputs per sample; "
+                "output cosines compare outputs of one size"
+            )
+        return ya, yb
 
     mu_a = mu_b = None
     if centred:
         n, sa, sb = 0, 0.0, 0.0
         for x in batches():
-            ya = outs(models_a, x)
+            ya, yb = both(x)
             sa = sa + ya.sum(1)
-            sb = sa if same else sb + outs(models_b, x).sum(1)
+            sb = sa if same else sb + yb.sum(1)
             n += len(x)
         mu_a, mu_b = sa[:, None] / n, (sa if same else sb)[:, None] / n
     acc: dict[str, torch.Tensor | float] = {}
@@ -181,8 +238,7 @@ def _cosine_stats(models_a, models_b, batches, centred: bool, outputs, stderr: b
 
     n = 0
     for x in batches():
-        ya = outs(models_a, x)
-        yb = ya if same else outs(models_b, x)
+        ya, yb = both(x)
         if centred:
             ya, yb = ya - mu_a, yb - mu_b
         u = torch.einsum("ack,bck->cab", ya, yb)  # (c, N_a, N_b)

@@ -5,25 +5,42 @@
 * ``tnsim experiment NAME [--quick] [--out DIR]`` — one of the paper's experiments
   (``backdoor``, ``forgetting``, ``grokking``, ``distributions``; ``list`` lists them);
 * ``tnsim compare A B`` — similarity of two saved checkpoints;
-* ``tnsim matrix CKPT...`` — the similarity matrix of many checkpoints (CSV and/or heat-map);
+* ``tnsim matrix CKPT...`` — the similarity matrix of many checkpoints (CSV and/or heat-map,
+  resumable with ``--results``);
 * ``tnsim cost A B`` — what ``compare`` would cost, without running it.
 
-Checkpoints are tnsim checkpoints (``.safetensors`` plus the architecture JSON written by
+The default measure is ``gaussian``, as in :func:`tnsim.similarity`. Checkpoints are tnsim
+checkpoints (``.safetensors`` plus the architecture JSON written by
 :func:`tnsim.checkpoints.save`) or ``torch.save`` state dicts (loaded with
 ``weights_only=True``). A missing, corrupt or mismatched file ends the command with one line on
-stderr naming the file and the problem, and exit status 2.
+stderr naming the file and the problem, and exit status 2. Output files are checked (and their
+folders created) before anything is computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 EXIT_BAD_INPUT = 2
 MEASURES = ("tensor", "gaussian", "matrix", "output", "cka", "monte_carlo")
+DEFAULT_MEASURE = "gaussian"  # as tnsim.similarity
+
+#: ``tnsim --help``: plain text (argparse prints it as is).
+DESCRIPTION = """\
+tnsim: exact, symmetry-invariant similarity of polynomial (tensor-network) models.
+
+Checkpoints: .safetensors with their architecture JSON (tnsim.checkpoints.save), or torch.save
+state dicts (loaded with weights_only=True). The default measure is gaussian, as in
+tnsim.similarity. Errors print one line naming the file or flag, exit status 2."""
 
 
 class CliError(Exception):
@@ -54,6 +71,20 @@ def _check_compatible(paths, models) -> None:
             raise CliError(
                 f"{p}: has outputs of shape {n.real_out_shape}, but {paths[0]} has "
                 f"{first.real_out_shape}; the models cannot be compared"
+            )
+
+
+def _check_baseline_inputs(paths, models, measure: str) -> None:
+    """Baselines run forward passes: a checkpoint holding a compiled network cannot serve."""
+    from .ir import Network
+
+    if measure in ("tensor", "gaussian"):
+        return
+    for p, m in zip(paths, models):
+        if isinstance(m, Network):
+            raise CliError(
+                f"{p}: holds a compiled tnsim.Network, which the {measure} baseline cannot run "
+                "(it needs the module); use --measure gaussian or tensor"
             )
 
 
@@ -116,9 +147,10 @@ def _options(args, models) -> dict:
 def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     p.add_argument(
         "--measure",
-        default="tensor",
+        default=DEFAULT_MEASURE,
         choices=MEASURES,
-        help="tensor (default), gaussian, or a baseline: matrix, output, cka, monte_carlo",
+        help="gaussian (default, as tnsim.similarity), tensor, or a baseline: matrix, output, "
+        "cka, monte_carlo",
     )
     p.add_argument(
         "--outputs",
@@ -262,6 +294,7 @@ def _similarity(models, args):
 def cmd_compare(args) -> int:
     models = _load([args.a, args.b])
     _check_compatible([args.a, args.b], models)
+    _check_baseline_inputs([args.a, args.b], models, args.measure)
     res = _similarity(models, args)
     if args.json:
         print(json.dumps(res))
@@ -275,37 +308,104 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_matrix(args) -> int:
-    from .experiments.common import metric_matrix
+def _output_path(path: str | None, flag: str) -> Path | None:
+    """Check an output file before anything is computed: its folder is created, a folder or an
+    unwritable file is refused (:class:`CliError` naming the flag and the path)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{flag} {p}: is a folder, expected a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():
+            if not os.access(p, os.W_OK):
+                raise PermissionError(f"permission denied: '{p}'")
+        else:  # create and remove it: proves that the folder takes files
+            p.touch()
+            p.unlink()
+    except OSError as e:
+        raise CliError(f"{flag} {p}: cannot write there ({e.strerror or e})") from None
+    return p
 
+
+def _labels(paths: list[str]) -> list[str]:
+    """Row and column labels: file names without suffix, or the paths if names repeat."""
+    stems = [Path(p).stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+def _matrix(args, models):
+    from . import baselines, similarity_matrix
+
+    opts = _options(args, models)
+    if args.measure in ("tensor", "gaussian"):
+        return similarity_matrix(
+            models, measure=args.measure, progress=not args.no_progress, results=args.results, **opts
+        )
+    if args.results is not None:
+        raise CliError(f"--results applies to the tensor and gaussian measures, not {args.measure}")
+    return baselines.matrix(args.measure, models, **opts)
+
+
+def _write_csv(path: Path, names: list[str], m) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", *names])
+        for n, row in zip(names, m.tolist()):
+            w.writerow([n, *row])
+
+
+def _write_png(path: Path, names: list[str], m, measure: str) -> None:
+    from . import plot
+
+    fig = plot.figure(5.5, 4.8)
+    ax = fig.subplots()
+    plot.heatmap(ax, m, title=f"{measure} similarity of {len(names)} checkpoints")
+    plot.save(fig, path)
+
+
+def _print_matrix(names: list[str], m) -> None:
+    w = max(len(n) for n in names)
+    cols = [max(7, len(n)) for n in names]
+    print(" " * w + "  " + " ".join(f"{n:>{c}s}" for n, c in zip(names, cols)))
+    for n, row in zip(names, m.tolist()):
+        print(f"{n:>{w}s}  " + " ".join(f"{v:{c}.4f}" for v, c in zip(row, cols)))
+
+
+def _rescue(m, results) -> str:
+    """Where the computed matrix can be found after a failed write (never lost)."""
+    if results is not None:
+        return f"the matrix is kept in the results file {results}: rerun the command to write it"
+    fd, name = tempfile.mkstemp(prefix="tnsim-matrix-", suffix=".npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, m.numpy())
+    return f"the matrix is saved in {name} (numpy.load)"
+
+
+def cmd_matrix(args) -> int:
     if len(args.checkpoints) < 2:
         raise CliError("tnsim matrix needs at least two checkpoints")
+    outputs = {flag: _output_path(p, flag) for flag, p in (("--csv", args.csv), ("--png", args.png),
+                                                          ("--results", args.results))}
+    given = [p.resolve() for p in outputs.values() if p is not None]
+    if len(set(given)) < len(given):
+        raise CliError("--csv, --png and --results must name different files")
     models = _load(args.checkpoints)
     _check_compatible(args.checkpoints, models)
-    opts = _options(args, models)
-    outputs = opts.pop("outputs", None)
-    m = metric_matrix(args.measure, models, outputs=outputs, **opts)
-    names = [Path(p).stem for p in args.checkpoints]
-    if args.csv:
-        import csv
-
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["", *names])
-            for n, row in zip(names, m.tolist()):
-                w.writerow([n, *row])
-    if args.png:
-        from . import plot
-
-        fig = plot.figure(5.5, 4.8)
-        ax = fig.subplots()
-        plot.heatmap(ax, m, title=f"{args.measure} similarity of {len(names)} checkpoints")
-        plot.save(fig, args.png)
+    _check_baseline_inputs(args.checkpoints, models, args.measure)
+    m = _matrix(args, models).detach().cpu().double()
+    names = _labels(args.checkpoints)
+    try:
+        if args.csv:
+            _write_csv(outputs["--csv"], names, m)
+        if args.png:
+            _write_png(outputs["--png"], names, m, args.measure)
+    except OSError as e:
+        raise CliError(f"cannot write {e.filename or 'the output'}: {e.strerror or e}; "
+                       f"{_rescue(m, args.results)}") from None
     if not args.csv or args.print:
-        w = max(len(n) for n in names)
-        print(" " * w + "  " + " ".join(f"{i:>7d}" for i in range(len(names))))
-        for n, row in zip(names, m.tolist()):
-            print(f"{n:>{w}s}  " + " ".join(f"{v:7.4f}" for v in row))
+        _print_matrix(names, m)
     return 0
 
 
@@ -333,7 +433,7 @@ def cmd_cost(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tnsim",
-        description=__doc__.split("\n\n")[0],
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -355,27 +455,47 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_experiment)
 
     c = sub.add_parser("compare", help="similarity of two checkpoints")
-    c.add_argument("a")
-    c.add_argument("b")
+    c.add_argument("a", help="first checkpoint")
+    c.add_argument("b", help="second checkpoint")
     _add_measure_flags(c)
     c.add_argument("--json", action="store_true", help="print a JSON object")
     c.set_defaults(fn=cmd_compare)
 
     m = sub.add_parser("matrix", help="similarity matrix of many checkpoints")
-    m.add_argument("checkpoints", nargs="+")
+    m.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints (two or more)")
     _add_measure_flags(m)
     m.add_argument("--csv", help="write the matrix to this CSV file")
     m.add_argument("--png", help="draw the heat-map to this PNG file")
     m.add_argument("--print", action="store_true", help="print the matrix even with --csv")
+    m.add_argument(
+        "--results",
+        metavar="FILE",
+        help="results file (.npz): finished blocks and norms are saved as they complete; rerun "
+        "the same command to resume (tensor and gaussian measures)",
+    )
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(fn=cmd_matrix)
 
-    k = sub.add_parser("cost", help="contraction cost of comparing two checkpoints (runs nothing)")
-    k.add_argument("a")
-    k.add_argument("b")
-    k.add_argument("--measure", default="tensor", choices=("tensor", "gaussian"))
-    k.add_argument("--outputs", type=int, nargs="+", metavar="K")
-    k.add_argument("--centred", action="store_true")
-    k.add_argument("--method", choices=("auto", "exact", "recursive"))
+    k = sub.add_parser(
+        "cost",
+        help="contraction cost of comparing two checkpoints (runs nothing)",
+        description="What `tnsim compare A B` would cost, computed without contracting "
+        "anything: method, number of contractions, flops, largest intermediate (elements, "
+        "MiB) and contraction width.",
+    )
+    k.add_argument("a", help="first checkpoint")
+    k.add_argument("b", help="second checkpoint")
+    k.add_argument(
+        "--measure", default=DEFAULT_MEASURE, choices=("tensor", "gaussian"),
+        help="gaussian (default) or tensor",
+    )
+    k.add_argument(
+        "--outputs", type=int, nargs="+", metavar="K", help="cost of comparing only these outputs"
+    )
+    k.add_argument("--centred", action="store_true", help="centred Gaussian measure")
+    k.add_argument(
+        "--method", choices=("auto", "exact", "recursive"), help="method to cost (default auto)"
+    )
     k.set_defaults(fn=cmd_cost)
     return p
 

@@ -16,8 +16,14 @@ Pointing it at a real cluster::
 
 Workers need the same tnsim and torch versions as the client (``client.upload_file`` or a
 shared environment). With a Dask client the per-block inputs (stacked checkpoints of one row
-or column of blocks) are scattered to the cluster once and shared by the tasks that need
-them.
+or column of blocks) are sent to the cluster once, as small tasks that return them, and shared
+by the tasks that need them.
+
+A Dask run survives the loss of workers: the inputs are tasks the scheduler can run again (not
+scattered data, which dies with the worker holding it), so Dask recomputes what a dead worker
+held, and a task that still fails because a worker died (cancelled, ``KilledWorker``) is
+submitted again, up to :data:`RETRIES` times. Results reach the caller as they finish, so with
+a results file every finished block is kept whatever happens to the cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 from collections.abc import Callable, Iterable
 
-__all__ = ["run_tasks", "is_dask_client"]
+__all__ = ["run_tasks", "is_dask_client", "RETRIES"]
+
+#: How often one task is submitted again after losing its worker.
+RETRIES = 3
 
 
 def is_dask_client(executor) -> bool:
@@ -44,9 +53,10 @@ def run_tasks(
     """Run ``fn(*args)`` for each ``(key, args)`` in ``tasks``; call ``on_result(key, value)``.
 
     ``on_result`` always runs in the calling thread, in completion order. The first ``shared``
-    arguments of each task are large inputs reused across tasks: a Dask client scatters each
+    arguments of each task are large inputs reused across tasks: a Dask client sends each
     distinct one (by identity) once. At most ``max_pending`` tasks are in flight (default:
-    four per worker thread, at least 8). An exception in a task cancels what is pending and is
+    four per worker thread, at least 8). A Dask task lost with its worker is resubmitted (at
+    most :data:`RETRIES` times); any other exception in a task cancels what is pending and is
     re-raised.
     """
     if executor is None:
@@ -54,11 +64,13 @@ def run_tasks(
             on_result(key, fn(*args))
         return
     dask = is_dask_client(executor)
+    lost: tuple = ()
     if dask:
-        from distributed import wait
+        from distributed import KilledWorker, wait
 
         submit = _dask_submitter(executor, fn, shared)
         n = sum(executor.nthreads().values()) if hasattr(executor, "nthreads") else 2
+        lost = (KilledWorker, cf.CancelledError)
     elif isinstance(executor, cf.Executor):
         wait = cf.wait
         submit = lambda args: executor.submit(fn, *args)
@@ -70,21 +82,35 @@ def run_tasks(
         )
     limit = max_pending or max(8, 4 * n)
     pending: dict = {}
+    retries: dict = {}
     it = iter(tasks)
 
     def fill():
         for key, args in it:
-            pending[submit(args)] = key
+            pending[submit(args)] = (key, args)
             if len(pending) >= limit:
                 return
+
+    def outcome(fut, key, args):
+        """``(True, value)``, or ``(False, None)`` when the task was resubmitted."""
+        try:
+            return True, fut.result()
+        except lost:
+            if retries.get(key, 0) >= RETRIES:
+                raise
+            retries[key] = retries.get(key, 0) + 1
+            pending[submit(args)] = (key, args)
+            return False, None
 
     fill()
     try:
         while pending:
             done, _ = wait(list(pending), return_when="FIRST_COMPLETED")
             for fut in done:
-                key = pending.pop(fut)
-                on_result(key, fut.result())
+                key, args = pending.pop(fut)
+                ok, value = outcome(fut, key, args)
+                if ok:
+                    on_result(key, value)
             fill()
     except BaseException:
         for fut in pending:
@@ -92,16 +118,24 @@ def run_tasks(
         raise
 
 
+def _identity(x):
+    """Task: return its input (the input then lives on the cluster, recomputable)."""
+    return x
+
+
 def _dask_submitter(client, fn, shared: int):
-    scattered: dict = {}
+    inputs: dict = {}  # id(x) -> (future of x, x); x kept alive so that its id stays unique
+
+    def data(x):
+        entry = inputs.get(id(x))
+        if entry is None or entry[0].status in ("lost", "cancelled", "error"):
+            entry = inputs[id(x)] = (client.submit(_identity, x, pure=False), x)
+        return entry[0]
 
     def submit(args):
         args = list(args)
         for i in range(shared):
-            x = args[i]
-            if id(x) not in scattered:
-                scattered[id(x)] = (client.scatter(x, hash=False), x)
-            args[i] = scattered[id(x)][0]
+            args[i] = data(args[i])
         return client.submit(fn, *args, pure=False)
 
     return submit

@@ -5,7 +5,10 @@ A results file is one ``.npz`` archive (numpy, no pickles) holding
 * ``header`` — JSON: format version, what is being computed (measure, method, options, the
   hashes of the models' structures and weights, shape, symmetry);
 * ``values`` — the ``(N_a, N_b)`` float64 matrix (NaN where not computed yet);
-* ``done`` — a boolean mask of finished entries.
+* ``done`` — a boolean mask of finished entries;
+* ``norms_a`` / ``norms_b`` (with ``norms_a_done`` / ``norms_b_done``) — the per-model squared
+  norms as ``(3, N)`` float64 rows (mantissa, log factors; see :class:`tnsim.plan.Scaled`),
+  stored as soon as they are computed so that a resumed run does not recompute them.
 
 Every update rewrites the archive to ``<file>.tmp`` and renames it over the file (an atomic
 replace on POSIX and Windows), so an interruption at any moment leaves either the previous or
@@ -76,6 +79,8 @@ class ResultsFile:
         self.header = {"format": FORMAT, **header, "shape": list(shape)}
         self.values = np.full(shape, np.nan)
         self.done = np.zeros(shape, dtype=bool)
+        self.norms = {side: np.full((3, n), np.nan) for side, n in zip("ab", shape)}
+        self.norms_done = {side: np.zeros(n, dtype=bool) for side, n in zip("ab", shape)}
         if self.path.exists():
             self._load()
         else:
@@ -87,6 +92,10 @@ class ResultsFile:
             with np.load(self.path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
                 values, done = np.array(z["values"]), np.array(z["done"])
+                norms = {
+                    side: (np.array(z[f"norms_{side}"]), np.array(z[f"norms_{side}_done"]))
+                    for side in "ab" if f"norms_{side}" in z.files
+                }
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
             raise CheckpointError(
                 f"results file {self.path} is corrupt or not a tnsim results file "
@@ -103,11 +112,20 @@ class ResultsFile:
         if values.shape != self.values.shape or done.shape != self.done.shape or done.dtype != bool:
             raise CheckpointError(f"results file {self.path} has arrays of the wrong shape")
         self.values, self.done = values, done
+        for side, (vals, flags) in norms.items():
+            if vals.shape != self.norms[side].shape or flags.shape != self.norms_done[side].shape:
+                raise CheckpointError(f"results file {self.path} has norms of the wrong shape")
+            self.norms[side], self.norms_done[side] = vals, flags.astype(bool)
 
     def _write(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, header=np.array(json.dumps(self.header, sort_keys=True)), values=self.values, done=self.done)
+            norms = {f"norms_{side}": v for side, v in self.norms.items()}
+            norms.update({f"norms_{side}_done": v for side, v in self.norms_done.items()})
+            np.savez(
+                f, header=np.array(json.dumps(self.header, sort_keys=True)), values=self.values,
+                done=self.done, **norms,
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -124,4 +142,19 @@ class ResultsFile:
         if mirror:
             self.values[np.ix_(cols, rows)] = b.T
             self.done[np.ix_(cols, rows)] = True
+        self._write()
+
+    def stored_norms(self, side: str, rows) -> np.ndarray | None:
+        """The ``(3, len(rows))`` norm rows of models ``rows`` of ``side`` (``"a"``/``"b"``),
+        or ``None`` unless all of them are stored."""
+        rows = list(rows)
+        if not self.norms_done[side][rows].all():
+            return None
+        return self.norms[side][:, rows]
+
+    def store_norms(self, side: str, rows, values: np.ndarray) -> None:
+        """Store the ``(3, len(rows))`` norm rows of models ``rows`` of ``side``."""
+        rows = list(rows)
+        self.norms[side][:, rows] = values
+        self.norms_done[side][rows] = True
         self._write()

@@ -42,7 +42,6 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import _caches, baselines
 from .._memory import memory_limit
@@ -53,6 +52,7 @@ from ..ir._network import Network, stack, unstack
 from ..measures import as_measure
 from ..plan._contract import DRY_SAMPLES, Scaled, dry_run, quiet
 from ..plan._execute import shared_intermediates
+from ..progress import bar as progress_bar
 from ..results import ResultsFile, fingerprint, tensor_digest
 from ._choose import cosine, cost_from_stats, resolve_method
 from ._exact import exact
@@ -481,7 +481,8 @@ def similarity_matrix(
     executor
         A ``dask.distributed.Client`` or ``concurrent.futures.Executor`` to run blocks on.
     progress
-        Show a tqdm progress bar over blocks (it appears only once a run has taken 2 s).
+        Show a progress bar over blocks (it appears only once a run has taken 2 s; live on a
+        terminal, a line every 30 s or 10% in logs: :mod:`tnsim.progress`).
     results
         Path of a results file: finished blocks are saved as they complete and skipped when
         the same computation is run again (see :mod:`tnsim.results`).
@@ -562,14 +563,27 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     if not plan.symmetric:
         tasks += [(("b", j), (plan.chunks_b[j].stack, _norm_spec(plan, plan.chunks_b[j]))) for j in need_b]
 
+    def chunk_of(key) -> Chunk:
+        return (plan.chunks_a if key[0] == "a" else plan.chunks_b)[key[1]]
+
     def got_norm(key, value):
-        (norms_a if key[0] == "a" else norms_b)[key[1]] = _local(value, device)
+        value = _local(value, device)
+        (norms_a if key[0] == "a" else norms_b)[key[1]] = value
+        if store is not None and value.mantissa.dim() == 1:
+            store.store_norms(key[0], chunk_of(key).rows, _norm_rows(value))
+
+    if store is not None:  # norms saved by an earlier run are read back, not recomputed
+        for key, _ in list(tasks):
+            rows = store.stored_norms(key[0], chunk_of(key).rows)
+            if rows is not None:
+                (norms_a if key[0] == "a" else norms_b)[key[1]] = _norm_from_rows(rows, device)
+        tasks = [t for t in tasks if t[0][1] not in (norms_a if t[0][0] == "a" else norms_b)]
 
     run_tasks(norm_task, tasks, got_norm, executor, shared=1)
     if plan.symmetric:
         norms_b = norms_a
 
-    bar = tqdm(
+    bar = progress_bar(
         total=len(plan.blocks), initial=len(plan.blocks) - len(todo), disable=not progress,
         delay=PROGRESS_DELAY, desc="similarity blocks", unit="block",
     )
@@ -606,6 +620,21 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
             + (f"; the finished blocks are kept in {results}" if results is not None else "")
         )
     return out
+
+
+def _norm_rows(s: Scaled):
+    """Per-model squared norms as ``(3, n)`` float64 host rows (mantissa, log_a, log_b)."""
+    m = s.mantissa.detach().to("cpu", torch.float64)
+
+    def per_model(x):
+        return torch.as_tensor(x, dtype=torch.float64).to("cpu").expand(m.shape)
+
+    return torch.stack([m, per_model(s.log_a), per_model(s.log_b)]).numpy()
+
+
+def _norm_from_rows(rows, device) -> Scaled:
+    t = torch.from_numpy(rows).to(device)
+    return Scaled(t[0], t[1], t[2])
 
 
 def _norm_spec(plan: MatrixPlan, chunk: Chunk) -> Spec:

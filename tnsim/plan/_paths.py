@@ -12,7 +12,9 @@ values, so they are searched once and reused for every checkpoint.
   save on small machines).
 * Disk cache: one JSON file per structure under :func:`cache_dir` (default
   ``~/.cache/tnsim/paths``, or ``$TNSIM_CACHE_DIR/paths``); delete the folder, or call
-  :func:`clear_cache`, to clear it. A warm start skips the search entirely.
+  :func:`clear_cache`, to clear it. A warm start skips the search entirely. The cache keeps at
+  most :func:`cache_limit` entries (default :data:`CACHE_ENTRIES`, or
+  ``$TNSIM_CACHE_ENTRIES``): past it, the least recently used entries are deleted.
 * Memory limit: :func:`set_memory_limit` (bytes, default ``$TNSIM_MEMORY_LIMIT`` or 4 GiB);
   a contraction whose largest intermediate would exceed it is sliced (cotengra) if that costs
   at most :data:`SLICE_OVERHEAD` times its flops, otherwise it raises
@@ -43,10 +45,14 @@ __all__ = [
     "slice_overhead",
     "slice_tree",
     "optimizer_name",
+    "cache_limit",
 ]
 
 OPTIMAL_CUTOFF = 12
+#: Default largest number of entries in the disk cache (a few KiB each on disk).
+CACHE_ENTRIES = 2000
 _MEMORY = _caches.memo("contraction trees")
+_WRITES = [0]  # disk entries written by this process since the cache was last pruned
 
 
 def cache_dir() -> Path:
@@ -54,6 +60,39 @@ def cache_dir() -> Path:
     root = os.environ.get("TNSIM_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "tnsim"
     return base / "paths"
+
+
+def cache_limit() -> int:
+    """Largest number of entries kept in the disk cache: ``$TNSIM_CACHE_ENTRIES``, else
+    :data:`CACHE_ENTRIES`."""
+    env = os.environ.get("TNSIM_CACHE_ENTRIES")
+    return max(1, int(env)) if env else CACHE_ENTRIES
+
+
+def _prune(folder: Path, limit: int) -> None:
+    """Delete the least recently used entries of ``folder`` beyond ``limit`` (entries are
+    touched when read, so their modification time is their last use)."""
+    try:
+        entries = [(e.stat().st_mtime, e.path) for e in os.scandir(folder) if e.name.endswith(".json")]
+    except OSError:
+        return
+    if len(entries) <= limit:
+        return
+    entries.sort()
+    for _, path in entries[: len(entries) - limit]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # another process removed it first
+
+
+def _wrote_entry(folder: Path) -> None:
+    """Count a new disk entry and prune once the count reaches a tenth of the limit."""
+    limit = cache_limit()
+    _WRITES[0] += 1
+    if _WRITES[0] >= max(1, limit // 10):
+        _WRITES[0] = 0
+        _prune(folder, limit)
 
 
 def clear_cache(disk: bool = True) -> None:
@@ -179,7 +218,8 @@ def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
         try:
             path = [tuple(p) for p in json.loads(path_file.read_text())["path"]]
             tree = ctg.ContractionTree.from_path(inputs, output, size_dict, path=path)
-        except Exception:  # corrupt cache entry: search again and overwrite it
+            os.utime(path_file)  # recently used: kept when the cache is pruned
+        except Exception:  # corrupt cache entry (or pruned meanwhile): search again
             tree = None
     if tree is None:
         tree = _search(inputs, output, size_dict)
@@ -188,6 +228,7 @@ def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
             tmp = path_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"path": [list(map(int, p)) for p in tree.get_path()]}))
             tmp.replace(path_file)
+            _wrote_entry(path_file.parent)
         except OSError:
             pass  # a read-only cache is not an error
     _MEMORY[key] = tree
