@@ -45,17 +45,22 @@ def attention(seed, n=2, d=2, residual=True):
 
 
 def check_all(a, b, make, x, w, *, outputs=(1,), full=True):
-    """Against the oracle: the inner product, and the centred inner product of a class slice
-    (``outputs``); with ``full`` also the similarity and the centred similarity.
-    ``make(centred)`` builds the measure."""
+    """Against the oracle, the inner product and the centred inner product of a class slice
+    (``outputs``); with ``full`` also the inner product, similarity and centred similarity of
+    all outputs (without, the two share their contraction plans). ``make(centred)`` builds
+    the measure."""
     m, c = make(False), make(True)
-    assert rel(tnsim.inner(a, b, measure=m, method="exact"), bm.inner(a, b, x, w)) < RTOL
-    assert rel(tnsim.inner(a, b, measure=c, method="exact", outputs=list(outputs)),
+    sl = list(outputs)
+    assert rel(tnsim.inner(a, b, measure=c, method="exact", outputs=sl),
                bm.inner(a, b, x, w, centred=True, outputs=outputs)) < RTOL
-    if full:
-        assert rel(tnsim.similarity(a, b, measure=m, method="exact"), bm.similarity(a, b, x, w)) < RTOL
-        assert rel(tnsim.similarity(a, b, measure=c, method="exact"),
-                   bm.similarity(a, b, x, w, centred=True)) < RTOL
+    if not full:
+        assert rel(tnsim.inner(a, b, measure=m, method="exact", outputs=sl),
+                   bm.inner(a, b, x, w, outputs=outputs)) < RTOL
+        return
+    assert rel(tnsim.inner(a, b, measure=m, method="exact"), bm.inner(a, b, x, w)) < RTOL
+    assert rel(tnsim.similarity(a, b, measure=m, method="exact"), bm.similarity(a, b, x, w)) < RTOL
+    assert rel(tnsim.similarity(a, b, measure=c, method="exact"),
+               bm.similarity(a, b, x, w, centred=True)) < RTOL
 
 
 def product(**spec):
@@ -103,9 +108,8 @@ def test_finite_support_two_layers_residual():
 def test_finite_support_two_layers_skewed():
     """Non-zero mean, every block size up to 8: all set partitions contribute."""
     a, b = two_layer(5, d=2, o=1), two_layer(6, d=2, o=1)
-    m = tnsim.ProductMeasure(**SKEWED)
     x, w = bm.finite_points(SKEWED["values"], SKEWED["probs"], (2,))
-    assert rel(tnsim.inner(a, b, measure=m, method="exact"), bm.inner(a, b, x, w)) < RTOL
+    check_all(a, b, product(**SKEWED), x, w, outputs=(0,), full=False)
 
 
 def test_finite_support_attention():
@@ -116,6 +120,7 @@ def test_finite_support_attention():
     vals = torch.tensor([[[-1.0, 2.0], [0.0, 1.0]], [[1.0, 3.0], [-2.0, 0.5]]], **F64)
     probs = torch.tensor([[[0.25, 0.75], [0.5, 0.5]], [[0.6, 0.4], [0.1, 0.9]]], **F64)
     m = tnsim.ProductMeasure(values=vals, probs=probs)
+    a, b = attention(7, residual=False), attention(8, residual=False)
     x, w = bm.finite_points(vals.reshape(4, 2), probs.reshape(4, 2), (2, 2))
     assert rel(tnsim.inner(a, b, measure=m, method="exact"), bm.inner(a, b, x, w)) < RTOL
 
@@ -219,13 +224,23 @@ def test_categorical_two_layers():
     check_all(a, b, categorical(probs), x[:, 0], w, outputs=(0,), full=False)
 
 
-def test_categorical_attention_and_matrix():
-    models = [token_model(s, vocab=3, n=2, layers=0, attn=True, positional=False) for s in (24, 25)]
+def test_categorical_attention():
+    a = token_model(24, vocab=3, n=2, layers=0, attn=True, positional=False)
+    b = token_model(25, vocab=3, n=2, layers=0, attn=True, positional=False)
     probs = torch.tensor([0.4, 0.35, 0.25], **F64)
     x, w = bm.token_points(probs, 2)
-    check_all(models[0], models[1], categorical(probs), x, w, outputs=(2,))
-    got = tnsim.similarity_matrix(models, measure=tnsim.CategoricalMeasure(probs), method="exact")
-    np.testing.assert_allclose(np.asarray(got), bm.similarity_matrix(models, x, w), rtol=RTOL, atol=1e-12)
+    check_all(a, b, categorical(probs), x, w, outputs=(2,), full=False)
+
+
+def test_categorical_similarity_matrix():
+    models = [token_model(s) for s in (44, 45, 46)]
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4], **F64)
+    x, w = bm.token_points(probs, 3)
+    for centred in (False, True):
+        got = tnsim.similarity_matrix(models, measure=tnsim.CategoricalMeasure(probs, centred=centred),
+                                      method="exact")
+        want = bm.similarity_matrix(models, x, w, centred=centred)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-12)
 
 
 def test_categorical_fit_counts_unigrams():
