@@ -149,6 +149,34 @@ def test_similarity_matrix_and_cost():
         assert c.contractions % 3 == 0 and c.contractions // 3 in counts, (c.contractions, counts)
 
 
+def test_marginal_cumulants_match_textbook_formulas():
+    t = lambda x: torch.tensor(x, **F64)  # noqa: E731
+    fact = math.factorial
+    cases = [
+        (torch.distributions.Laplace(t(0.5), t(2.0)), [0.5, 2 * 2.0**2, 0.0, 2 * fact(3) * 2.0**4]),
+        (torch.distributions.Gamma(t(2.0), t(3.0)), [2.0 * fact(n - 1) / 3.0**n for n in range(1, 5)]),
+        (torch.distributions.Exponential(t(2.0)), [fact(n - 1) / 2.0**n for n in range(1, 5)]),
+        (torch.distributions.Poisson(t(1.5)), [1.5] * 4),
+        # kappa_n = B_n (b - a)^n / n for n >= 2 (Bernoulli numbers B_2 = 1/6, B_4 = -1/30)
+        (torch.distributions.Uniform(t(-1.0), t(2.0)), [0.5, 9 / 12, 0.0, -(3.0**4) / 120]),
+        (torch.distributions.Normal(t(0.3), t(2.0)), [0.3, 4.0, 0.0, 0.0]),
+    ]
+    for dist, want in cases:
+        got = tnsim.ProductMeasure(dist).cumulants(4)[1:]
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=type(dist).__name__)
+    approx = tnsim.ProductMeasure(torch.distributions.HalfNormal(t(1.0)))
+    assert not approx.exact and "quadrature" in approx.describe()
+    assert abs(float(approx.cumulants(2)[1]) - math.sqrt(2 / math.pi)) < 1e-4
+
+
+def test_normal_marginal_is_the_gaussian_measure():
+    mu, sd = torch.tensor([0.3, -0.2, 0.5], **F64), torch.tensor([1.0, 2.0, 0.5], **F64)
+    a, b = one_layer(47, bias=True), one_layer(48, bias=True)
+    m = tnsim.ProductMeasure(torch.distributions.Normal(mu, sd), centred=True)
+    assert rel(tnsim.inner(a, b, measure=m, method="exact"),
+               tnsim.inner(a, b, mean=mu, cov=torch.diag(sd**2), centred=True, method="exact")) < RTOL
+
+
 # --- uniform: Gauss-Legendre quadrature --------------------------------------------------------
 
 
