@@ -14,13 +14,14 @@ import pytest
 import torch
 
 import tnsim
+from tnsim.measures._cumulants import one_hot_cumulant
 
 torch.set_num_threads(1)
 
 RTOL = 1e-10
-F64 = dict(dtype=torch.float64)
-RADEMACHER = dict(values=torch.tensor([-1.0, 1.0], **F64))
-SKEWED = dict(values=torch.tensor([-1.0, 0.5, 2.0], **F64), probs=torch.tensor([0.3, 0.5, 0.2], **F64))
+F64 = {"dtype": torch.float64}
+RADEMACHER = {"values": torch.tensor([-1.0, 1.0], **F64)}
+SKEWED = {"values": torch.tensor([-1.0, 0.5, 2.0], **F64), "probs": torch.tensor([0.3, 0.5, 0.2], **F64)}
 
 
 def rel(a, b) -> float:
@@ -150,7 +151,9 @@ def test_similarity_matrix_and_cost():
 
 
 def test_marginal_cumulants_match_textbook_formulas():
-    t = lambda x: torch.tensor(x, **F64)  # noqa: E731
+    def t(x):
+        return torch.tensor(x, **F64)
+
     fact = math.factorial
     cases = [
         (torch.distributions.Laplace(t(0.5), t(2.0)), [0.5, 2 * 2.0**2, 0.0, 2 * fact(3) * 2.0**4]),
@@ -216,8 +219,6 @@ def token_model(seed, vocab=4, dm=2, n=3, layers=1, bias=False, residual=False, 
 
 
 def test_one_hot_cumulants_match_definition():
-    from tnsim.measures._cumulants import one_hot_cumulant
-
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], **F64)
     assert torch.allclose(one_hot_cumulant(p, 2), torch.diag(p) - torch.outer(p, p), atol=1e-15)
     # third cumulant of one-hot components by its closed form (Mobius inversion, 5 partitions)

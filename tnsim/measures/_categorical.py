@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidArgumentError, NonFiniteError, ShapeMismatchError
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..results import tensor_digest
 from ._base import Measure, Piece, Space
-from ._cumulants import CumulantKernel, one_hot_cumulant
+from ._cumulants import CumulantKernel, checked_probs, one_hot_cumulant
 
 __all__ = ["CategoricalMeasure", "CategoricalKernel"]
 
@@ -54,14 +54,7 @@ class CategoricalMeasure(Measure):
         p = torch.as_tensor(probs).detach().to("cpu", torch.float64)
         if p.dim() not in (1, 2) or p.shape[-1] == 0:
             raise ShapeMismatchError(f"probs must have shape (V,) or (n_ctx, V), got {tuple(p.shape)}")
-        if not torch.isfinite(p).all():
-            raise NonFiniteError("probs contain NaN or infinity")
-        if (p < 0).any():
-            raise InvalidArgumentError("probs must be non-negative")
-        total = p.sum(-1)
-        if (abs(total - 1) > 1e-6).any():
-            raise InvalidArgumentError(f"probs must sum to 1 over the vocabulary (sums {total.tolist()})")
-        self.probs = p / total.unsqueeze(-1)
+        self.probs = checked_probs(p, "the vocabulary")
         self.centred = bool(centred)
         self._given = probs
 

@@ -27,10 +27,23 @@ import math
 import torch
 
 from .._memory import check_allocation
-from ..errors import ShapeMismatchError
+from ..errors import InvalidArgumentError, NonFiniteError, ShapeMismatchError
 from ._base import Kernel, Piece, Space
 
-__all__ = ["cumulants_from_moments", "one_hot_moment", "one_hot_cumulant", "CumulantKernel"]
+__all__ = ["cumulants_from_moments", "one_hot_moment", "one_hot_cumulant", "checked_probs", "CumulantKernel"]
+
+
+def checked_probs(p: torch.Tensor, what: str) -> torch.Tensor:
+    """``p`` validated as probabilities over its last axis (``what`` names that axis) and
+    renormalised to sum to exactly 1: finite, non-negative, summing to 1 within 1e-6."""
+    if not torch.isfinite(p).all():
+        raise NonFiniteError("probs contain NaN or infinity")
+    if (p < 0).any():
+        raise InvalidArgumentError("probs must be non-negative")
+    total = p.sum(-1)
+    if (abs(total - 1) > 1e-6).any():
+        raise InvalidArgumentError(f"probs must sum to 1 over {what} (sums {total.tolist()})")
+    return p / total.unsqueeze(-1)
 
 
 def cumulants_from_moments(moments: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import distributions as D
 from ..errors import InvalidArgumentError, NonFiniteError, ShapeMismatchError
 from ..results import tensor_digest
 from ._base import Measure, Piece, Space
-from ._cumulants import CumulantKernel, cumulants_from_moments
+from ._cumulants import CumulantKernel, checked_probs, cumulants_from_moments
 
 __all__ = ["ProductMeasure", "ProductKernel"]
 
@@ -31,7 +31,7 @@ MIN_ORDER = 8
 #: Gauss-Legendre nodes on the quantile scale for marginals without closed-form moments
 QUANTILE_NODES = 256
 
-_F64 = dict(dtype=torch.float64)
+_F64 = {"dtype": torch.float64}
 
 
 def _t(x) -> torch.Tensor:
@@ -126,14 +126,9 @@ def _finite_source(values, probs, kind: str) -> _Source:
             raise ShapeMismatchError(
                 f"probs has shape {tuple(p.shape)}, values has shape {tuple(v.shape)}"
             ) from None
-    if not (torch.isfinite(v).all() and torch.isfinite(p).all()):
-        raise NonFiniteError("values or probs contain NaN or infinity")
-    if (p < 0).any():
-        raise InvalidArgumentError("probs must be non-negative")
-    total = p.sum(-1)
-    if (abs(total - 1) > 1e-6).any():
-        raise InvalidArgumentError(f"probs must sum to 1 over the support axis (sums {total.tolist()})")
-    p = p / total.unsqueeze(-1)
+    if not torch.isfinite(v).all():
+        raise NonFiniteError("values contain NaN or infinity")
+    p = checked_probs(p, "the support axis")
     return _Source(kind, v.shape[:-1], True,
                    lambda order: cumulants_from_moments(_moments_finite(v, p, order)))
 
@@ -312,7 +307,7 @@ class ProductKernel(CumulantKernel):
         k1 = measure.cumulants(1)[1]
         self.real_mean_zero = not bool(k1.any())
         self._zero: dict[int, bool] = {}
-        probe = tuple(r for r in range(2, 2 * MIN_ORDER + 1) if self.zero_size(r))
+        probe = tuple(r for r in range(2, MIN_ORDER + 1) if self.zero_size(r))
         self.structure = ("product", space_a, space_b, self.per_position, self.max_block,
                           self.real_mean_zero, probe)
 
