@@ -7,7 +7,8 @@ differs between input distributions, behind :class:`Measure`:
 * :attr:`Kernel.scheme` — which pairings or partitions of the copies are summed over
   (``"bijections"``, ``"matchings"`` or ``"partitions"``; :mod:`tnsim.doubled` enumerates
   their orbits);
-* :meth:`Kernel.reaches` — its zero rules (which copies a block can join);
+* :meth:`Kernel.reaches` and :meth:`Kernel.zero_size` — its zero rules (which copies a block
+  can join, which block sizes vanish);
 * :meth:`Measure.key` / :meth:`Measure.header` — its cache key and results-file identity;
 * :attr:`Measure.closure` — the state the recursive method propagates (``"hierarchical"``,
   ``"gaussian"``, or ``None``: exact for one layer, refused beyond).
