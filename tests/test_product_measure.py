@@ -126,6 +126,18 @@ def test_finite_support_attention():
     assert rel(tnsim.inner(a, b, measure=m, method="exact"), bm.inner(a, b, x, w)) < RTOL
 
 
+def test_finite_support_padded_and_mixed_sequences():
+    """Real-valued inputs (n, V) to token models: a padded frame (positional vectors) against
+    another and against an unpadded one (attention on the raw inputs)."""
+    a, b = token_model(49, vocab=3, n=2), token_model(50, vocab=3, n=2, bias=True)
+    c = attention(51, n=2, d=3, residual=False)
+    assert tnsim.compile(a).in_padded and not tnsim.compile(c).in_padded
+    x, w = bm.finite_points(SKEWED["values"], SKEWED["probs"], (2, 3))
+    m = tnsim.ProductMeasure(**SKEWED)
+    for f, g in ((a, b), (a, c)):
+        assert rel(tnsim.inner(f, g, measure=m, method="exact"), bm.inner(f, g, x, w)) < RTOL
+
+
 def test_bernoulli_distribution_is_enumerated_per_coordinate():
     p = torch.tensor([0.2, 0.5, 0.9], **F64)
     assert tnsim.ProductMeasure(torch.distributions.Bernoulli(probs=p)).exact
@@ -241,6 +253,11 @@ def test_categorical_one_layer(bias, residual):
     x, w = bm.token_points(per_pos, 3)
     assert rel(tnsim.inner(a, b, measure=tnsim.CategoricalMeasure(per_pos), method="exact"),
                bm.inner(a, b, x, w)) < RTOL
+    if bias:  # a padded frame against an unpadded one (attention on the one-hot inputs)
+        c = attention(52, n=3, d=4, residual=False)
+        assert not tnsim.compile(c).in_padded
+        assert rel(tnsim.inner(a, c, measure=tnsim.CategoricalMeasure(per_pos), method="exact"),
+                   bm.inner(a, c, x, w)) < RTOL
 
 
 def test_categorical_two_layers():
