@@ -56,7 +56,6 @@ class CategoricalMeasure(Measure):
             raise ShapeMismatchError(f"probs must have shape (V,) or (n_ctx, V), got {tuple(p.shape)}")
         self.probs = checked_probs(p, "the vocabulary")
         self.centred = bool(centred)
-        self._given = probs
 
     @classmethod
     def fit(cls, token_ids: torch.Tensor, vocab: int | None = None, *, per_position: bool = False,
@@ -102,7 +101,7 @@ class CategoricalMeasure(Measure):
         return CategoricalKernel(self, space_a, space_b, like)
 
     def tensors(self) -> tuple:
-        return (self._given,) if isinstance(self._given, torch.Tensor) else ()
+        return ()  # ``probs`` is a normalised copy taken at construction
 
     def key(self) -> tuple:
         return ("categorical", tuple(self.probs.shape), self.centred)

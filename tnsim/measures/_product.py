@@ -35,7 +35,8 @@ _F64 = {"dtype": torch.float64}
 
 
 def _t(x) -> torch.Tensor:
-    return torch.as_tensor(x).detach().to("cpu", torch.float64)
+    """A float64 CPU snapshot (later in-place edits of ``x`` do not reach the measure)."""
+    return torch.as_tensor(x).detach().to("cpu", torch.float64, copy=True)
 
 
 def _moments_finite(values: torch.Tensor, probs: torch.Tensor, order: int) -> torch.Tensor:
@@ -207,7 +208,8 @@ class ProductMeasure(Measure):
     -----
     Cumulants come from raw moments by
     :math:`\kappa_n = m_n - \sum_{k=1}^{n-1}\binom{n-1}{k-1}\kappa_k m_{n-k}`, computed to the
-    order a comparison needs (at least :data:`MIN_ORDER`). The recursive method has no closure
+    order a comparison needs (at least :data:`MIN_ORDER`). ``values``, ``probs`` and samples are
+    copied at construction (editing them later changes nothing). The recursive method has no closure
     for this measure: it is exact for one-layer models and refused beyond.
     """
 
@@ -226,12 +228,18 @@ class ProductMeasure(Measure):
                     f"marginal must be a torch.distributions.Distribution, got {type(marginal).__name__}"
                 )
             source = _distribution_source(marginal)
+            params = {k: tensor_digest(_t(v)) for k, v in sorted(vars(marginal).items())
+                      if isinstance(v, torch.Tensor)}
+            described = {"marginal": type(marginal).__name__, "params": params}
         else:
             source = _finite_source(values, probs, "values")
-        self._init(source, centred, (marginal, values, probs))
+            described = {"values": tensor_digest(_t(values)),
+                         "probs": None if probs is None else tensor_digest(_t(probs))}
+        self._init(source, centred, described)
 
-    def _init(self, source: _Source, centred: bool, given: tuple) -> None:
-        self.source, self.centred, self._given = source, bool(centred), given
+    def _init(self, source: _Source, centred: bool, described: dict) -> None:
+        """``described``: what :meth:`header` records besides the name (digests, taken now)."""
+        self.source, self.centred, self._described = source, bool(centred), described
 
     @classmethod
     def fit(cls, samples: torch.Tensor, *, centred: bool = False) -> "ProductMeasure":
@@ -245,7 +253,7 @@ class ProductMeasure(Measure):
         if x.dim() < 2 or x.shape[0] < 1:
             raise ShapeMismatchError(f"samples must have shape (N, d) or (N, n, d), got {tuple(x.shape)}")
         self = cls.__new__(cls)
-        self._init(_finite_source(torch.movedim(x, 0, -1), None, "fit"), centred, (None, samples, None))
+        self._init(_finite_source(torch.movedim(x, 0, -1), None, "fit"), centred, {"samples": tensor_digest(x)})
         return self
 
     @property
@@ -269,20 +277,13 @@ class ProductMeasure(Measure):
         return ProductKernel(self, space_a, space_b, like)
 
     def tensors(self) -> tuple:
-        return tuple(x for x in self._given[1:] if isinstance(x, torch.Tensor))
+        return ()  # the values, probabilities and samples are snapshots taken at construction
 
     def key(self) -> tuple:
         return ("product", self.source.kind, self.source.shape, self.centred)
 
     def header(self) -> dict:
-        marginal, values, probs = self._given
-        if marginal is not None:
-            params = {k: tensor_digest(_t(v)) for k, v in sorted(vars(marginal).items())
-                      if isinstance(v, torch.Tensor)}
-            described = {"marginal": type(marginal).__name__, "params": params}
-        else:
-            described = {"values": tensor_digest(_t(values)), "probs": tensor_digest(probs)}
-        return {"measure": self.describe(), **described, "centred": self.centred}
+        return {"measure": self.describe(), **self._described, "centred": self.centred}
 
     def describe(self) -> str:
         opts = [self.source.kind] + (["centred"] if self.centred else [])
