@@ -43,7 +43,7 @@ from .ir import (
     unstack,
     with_symmetries,
 )
-from .measures import GaussianMeasure, Measure, TensorMeasure
+from .measures import CategoricalMeasure, GaussianMeasure, Measure, ProductMeasure, TensorMeasure
 from .methods import EXACT_BUDGET_CONTRACTIONS, EXACT_BUDGET_FLOPS, Cost, similarity_matrix
 from .plan import cache_dir, clear_cache
 
@@ -90,6 +90,8 @@ __all__ = [
     "unstack",
     "TensorMeasure",
     "GaussianMeasure",
+    "ProductMeasure",
+    "CategoricalMeasure",
     "Measure",
     "cache_dir",
     "clear_cache",

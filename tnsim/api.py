@@ -186,6 +186,7 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
     check_norms(aa, bb, p.a.name, p.b.name, p.measure.describe())
     value = float(cosine(ab, aa, bb))
     meas = p.measure
+    method = _ran(method, p)
     c = cost_from_stats(stats, method, meas.describe(), p.dtype)
     na, nb = float(aa.value()), float(bb.value())
     return Comparison(
@@ -237,4 +238,10 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     stats: dict = {"paths": []}
     with dry_run(samples):
         _similarity_scaled(p, method, outputs, stats)
-    return cost_from_stats(stats, method, p.measure.describe(), p.dtype)
+    return cost_from_stats(stats, _ran(method, p), p.measure.describe(), p.dtype)
+
+
+def _ran(method: str, p: Prepared) -> str:
+    """The method that actually ran: the recursive method of a measure without a closure
+    (``closure=None``) runs the exact method (one layer) or refuses."""
+    return "exact" if method == "recursive" and p.measure.closure is None else method

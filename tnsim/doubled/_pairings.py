@@ -127,11 +127,25 @@ def aligned_blocks(sides: list[Side], kernel) -> list[tuple[Copy, ...]]:
 def vanishing_rule(sides: list[Side], kernel):
     """A test ``vanishes(blocks)`` for pairings that are exactly zero, or ``None``.
 
-    Only kernels that are ``decoupled`` (the constant coordinate of a padded copy never meets
-    a real one) have zero rules: a block that joins a copy to a coordinate it cannot reach is
-    zero (:meth:`tnsim.measures.Kernel.reaches`), and so is the whole orbit (the support
-    pattern is invariant under a term's group).
+    A pairing with a block of a size whose kernel is zero
+    (:meth:`tnsim.measures.Kernel.zero_size`, e.g. odd cumulants of a symmetric marginal)
+    vanishes. Kernels that are ``decoupled`` (the constant coordinate of a padded copy never
+    meets a real one) have support rules too: a block that joins a copy to a coordinate it
+    cannot reach is zero (:meth:`tnsim.measures.Kernel.reaches`), and so is the whole orbit
+    (the support pattern is invariant under a term's group).
     """
+    copies = sum(s.degree for s in sides)
+    zero = frozenset(r for r in range(2, copies + 1) if kernel.zero_size(r))
+    support = _support_rule(sides, kernel)
+    if not zero:
+        return support
+    if support is None:
+        return lambda blocks: any(len(b) in zero for b in blocks)
+    return lambda blocks: any(len(b) in zero for b in blocks) or support(blocks)
+
+
+def _support_rule(sides: list[Side], kernel):
+    """The ``decoupled`` kernels' rule: a block must reach the coordinates its copies use."""
     if not kernel.decoupled:
         return None
     flags = {}

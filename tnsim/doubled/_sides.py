@@ -141,7 +141,7 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
 def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank) -> dict[str, str]:
     """Index renames that replace identity kernel pieces (and identity output joins).
 
-    Each identity piece between a leg of slot 0 and a leg of slot 1 of a block (and, with
+    Each identity piece between legs of two slots of a block (and, with
     closed outputs, each output axis compared without a map) merges its two indices; merged
     classes (a shared position hyperindex can chain several) are named after their first
     member. Contracting with :math:`\\delta_{ij}` is the same as naming ``i`` and ``j`` alike.
@@ -159,14 +159,14 @@ def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank) -> dict[str, s
             parent[max(ri, rj)] = min(ri, rj)
 
     for block in blocks:
-        if len(block) != 2:
+        if len(block) < 2:
             continue
         pieces = kernel.block(_block_key(sides, block)[1:]) or ()
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
         for piece in pieces:
             if piece.joins:
-                (_, ap), (_, aq) = piece.legs
-                union(legs[0][ap], legs[1][aq])
+                (wp, ap), (wq, aq) = piece.legs
+                union(legs[wp][ap], legs[wq][aq])
     if not open_outputs and len(sides) == 2:
         a, b = sides
         for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):

@@ -7,7 +7,8 @@ differs between input distributions, behind :class:`Measure`:
 * :attr:`Kernel.scheme` — which pairings or partitions of the copies are summed over
   (``"bijections"``, ``"matchings"`` or ``"partitions"``; :mod:`tnsim.doubled` enumerates
   their orbits);
-* :meth:`Kernel.reaches` — its zero rules (which copies a block can join);
+* :meth:`Kernel.reaches` and :meth:`Kernel.zero_size` — its zero rules (which copies a block
+  can join, which block sizes vanish);
 * :meth:`Measure.key` / :meth:`Measure.header` — its cache key and results-file identity;
 * :attr:`Measure.closure` — the state the recursive method propagates (``"hierarchical"``,
   ``"gaussian"``, or ``None``: exact for one layer, refused beyond).
@@ -50,8 +51,9 @@ class Piece:
     ``legs`` names, for each non-batch axis of ``array``, the copy's slot in the block and the
     axis of that copy's space. ``batch`` names the leading batch axes (``'a'`` and/or ``'b'``:
     one per side whose model stack the tensor depends on). ``identity`` declares an unbatched
-    identity matrix between one leg of slot 0 and one of slot 1: the doubled network then
-    joins the two legs into one index instead of contracting it.
+    identity matrix between one leg each of two different slots: the doubled network then
+    joins the two legs into one index instead of contracting it (several such pieces in one
+    block make a hyperedge :math:`\delta_{i_1\dots i_r}`).
     """
 
     array: torch.Tensor
@@ -65,8 +67,8 @@ class Piece:
 
     @property
     def joins(self) -> bool:
-        """An identity between a leg of slot 0 and a leg of slot 1 (contracted by renaming)."""
-        return self.identity and not self.batch and [w for w, _ in self.legs] == [0, 1]
+        """An identity between legs of two different slots (contracted by renaming)."""
+        return self.identity and not self.batch and len(self.legs) == 2 and self.legs[0][0] != self.legs[1][0]
 
 
 class Kernel:
@@ -133,6 +135,13 @@ class Kernel:
             return True
         return self.const_blocks and all(c for c, _ in block_support)
 
+    def zero_size(self, r: int) -> bool:
+        """Whether every block of ``r`` copies is exactly zero (e.g. a vanishing cumulant).
+
+        Consulted by the zero rules for any kernel; the default says no block size vanishes.
+        """
+        return False
+
     def seen_from(self, side: str) -> "Kernel":
         """This kernel as a one-sided kernel of ``side`` (single-model expectations)."""
         return _OneSided(self, side)
@@ -153,6 +162,9 @@ class _OneSided(Kernel):
 
     def pad(self, s):
         return self.k.pad(self.side)
+
+    def zero_size(self, r):
+        return self.k.zero_size(r)
 
 
 class Measure:
