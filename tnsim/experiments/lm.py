@@ -79,7 +79,7 @@ MODES = {
         weight_decay=0.0,
         alpha=0.1,
         eval_windows=4000,
-        measure_every=6,
+        measure_every=3,
     ),
 }
 
@@ -462,17 +462,26 @@ def figures(res, traj, mats, subset, phases, summary, corr) -> None:
     fig = plot.curves(loss, x=steps, logx=True, xlabel="training step (log)",
                       ylabel="cross-entropy (nats/char), held-out", title="Held-out loss", width=6)
     res.figure(fig, "loss.png", "Held-out loss of the model and of the n-gram models.")
-    shown = {
-        "tensor similarity": mats["tensor"],
-        f"measure: {summary['measure'].split(' (')[0]}\n(every {subset[1]}th checkpoint)":
-            mats["measure"],
-        "matrix cosine": mats["matrix cosine"],
-        "output cosine (held-out logits)": mats["output cosine"],
-        "output cosine (centred logits)": mats["output cosine (centred logits)"],
-    }
-    fig = plot.heatmaps(shown, ncols=3, panel=3.2,
-                        title="Checkpoint × checkpoint similarity of the character LM "
-                        "(rows/columns: checkpoints in training order)")
+    steps_all = traj.column("step")
+    every = subset[1] - subset[0] if len(subset) > 1 else 1
+    panels = [
+        ("tensor similarity", mats["tensor"], list(range(len(steps_all)))),
+        (f"measure: {summary['measure'].split(' (')[0]}\n(every {every}th checkpoint)",
+         mats["measure"], subset),
+        ("matrix cosine", mats["matrix cosine"], list(range(len(steps_all)))),
+        ("output cosine (held-out logits)", mats["output cosine"], list(range(len(steps_all)))),
+        ("output cosine (centred logits)", mats["output cosine (centred logits)"],
+         list(range(len(steps_all)))),
+    ]
+    fig = plot.figure(11, 7.4)
+    axes = fig.subplots(2, 3).ravel()
+    boundary = [start for _, start, _ in phases[1:]]
+    for ax, (title, m, index) in zip(axes, panels):
+        plot.heatmap(ax, m, title=title)
+        step_axes(ax, [steps_all[i] for i in index], [sum(i < b for i in index) for b in boundary])
+    axes[-1].set_visible(False)
+    fig.suptitle("Checkpoint × checkpoint similarity of the character LM (axes: training step; "
+                 "dotted: where the nearest n-gram changes)", fontsize=10)
     res.figure(fig, "heatmaps.png", "Similarity matrices across checkpoints (own colour scale each).")
     names = list(mats)
     grid = torch.eye(len(names), dtype=torch.float64)
@@ -490,6 +499,18 @@ def figures(res, traj, mats, subset, phases, summary, corr) -> None:
     fig.colorbar(im, ax=ax).ax.tick_params(labelsize=7)
     ax.set_title("Spearman ρ between metrics (off-diagonal checkpoint pairs)", fontsize=9)
     res.figure(fig, "correlations.png", "Rank correlation of every two metrics' matrices.")
+
+
+def step_axes(ax, steps: list[int], bounds: list[int], ticks: int = 6) -> None:
+    """Label a heat-map's axes with training steps and draw the phase boundaries (indices)."""
+    at = sorted({round(i * (len(steps) - 1) / (ticks - 1)) for i in range(ticks)})
+    ax.set_xticks(at, [str(steps[i]) for i in at], fontsize=6, rotation=45)
+    ax.set_yticks(at, [str(steps[i]) for i in at], fontsize=6)
+    ax.set_xlabel("training step", fontsize=7)
+    ax.set_ylabel("training step", fontsize=7)
+    for b in bounds:
+        for line in (ax.axvline, ax.axhline):
+            line(b - 0.5, color="white", lw=0.8, ls=":")
 
 
 def report_md(s: dict, corr: list[dict], cfg: dict, subset: list[int]) -> str:
