@@ -466,7 +466,7 @@ def figures(res, traj, mats, subset, phases, summary, corr) -> None:
     every = subset[1] - subset[0] if len(subset) > 1 else 1
     panels = [
         ("tensor similarity", mats["tensor"], list(range(len(steps_all)))),
-        (f"measure: {summary['measure'].split(' (')[0]}\n(every {every}th checkpoint)",
+        (f"measure: {summary['measure'].split(' (')[0]}\n(one checkpoint in {every})",
          mats["measure"], subset),
         ("matrix cosine", mats["matrix cosine"], list(range(len(steps_all)))),
         ("output cosine (held-out logits)", mats["output cosine"], list(range(len(steps_all)))),
