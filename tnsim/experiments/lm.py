@@ -69,8 +69,8 @@ MODES = {
     "full": dict(
         seeds=[0],
         files=168,
-        d_model=8,
-        n_heads=2,
+        d_model=16,
+        n_heads=4,
         n_ctx=4,
         steps=4000,
         checkpoints=60,
