@@ -113,8 +113,8 @@ def test_grokking_memorises_then_generalises(runs):
         assert row["spearman_vs_frequency_cosine"] > 0.5
 
 
-def test_distributions_task_is_solved_everywhere_and_gaussian_is_exact(runs):
-    out, res, results = runs("distributions")
+def test_distributions_teacher_task_is_solved_everywhere_and_gaussian_is_exact(runs):
+    out, res, results = runs("distributions_teacher")
     check_outputs(out, ["scatter.png", "correlations.png"])
     rows = {r["distribution"]: r for r in res["rows"]}
     assert list(rows) == [

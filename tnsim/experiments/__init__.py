@@ -8,14 +8,17 @@ is ``"quick"`` (tiny, seconds: for tests) or ``"full"`` (the numbers in docs/res
 * ``backdoor`` — a trigger inserted by fine-tuning on poisoned digits;
 * ``forgetting`` — classes added in stages, one removed and added back;
 * ``grokking`` — modular addition, memorisation then generalisation, Fourier frequencies;
-* ``distributions`` — weight-based similarity vs output cosine under nine input distributions.
+* ``distributions`` — the paper's nine input distributions: tensor similarity vs output cosine
+  for bilinear models learning the index of the second-largest input;
+* ``distributions_teacher`` — a variant: students of a random teacher, trained on a mixture;
+* ``lm`` — a character-level bilinear-attention language model: n-gram phases, similarity maps.
 """
 
 from __future__ import annotations
 
 import importlib
 
-NAMES = ("backdoor", "forgetting", "grokking", "distributions")
+NAMES = ("backdoor", "forgetting", "grokking", "distributions", "distributions_teacher", "lm")
 
 __all__ = ["NAMES", "get", "run"]
 

@@ -1,144 +1,290 @@
-r"""Distributions: where does a weight-based similarity track behaviour, and where not?
+r"""Distributions: tensor similarity vs output cosine for models trained on nine input distributions.
 
-Task: a fixed random *teacher* labels every input of :math:`\mathbb R^{16}` with the argmax of
-four logits that are a quadratic form plus a substantial linear part (a ``Bilinear(16, 8, 4,
-bias=True)`` with large biases). The linear (odd) part matters: a bias-free bilinear model is an
-even function, :math:`f(-x) = f(x)`, and cannot separate :math:`x` from :math:`-x`, so under
-sign-symmetric distributions (Gaussian, uniform, Rademacher, ...) it could never solve a task
-with an odd component. Students are ``Bilinear(16, 32, 4, bias=True)`` — the same family, so the
-task is solvable under *every* distribution — trained on a mixture of all nine distributions
-(equal shares per batch). The pairs compared are all pairs of checkpoints of several seeds
-(several training lengths each), which spreads their similarities out.
+The paper's experiment, rebuilt from the definitions in the authors' public research code (read,
+not copied). A one-layer bilinear model without residual or biases,
+:math:`f(x) = D(Lx\odot Rx)` with :math:`x\in\mathbb R^4`, 32 hidden units and 4 outputs, learns
+*the index of the second-largest input* (4-way classification, cross-entropy). For each of nine
+input distributions, 5 seeds are trained with Adam (lr 0.01, batch 512, 4096 steps, weights
+initialised :math:`\mathcal N(0, 0.1^2)`), checkpointed at steps 0, 1, 2, 4, ..., 4096 (14 each):
+70 models and 2415 pairs per distribution.
 
-The nine input distributions are those of :func:`tnsim.data.sample`; "data" is scikit-learn's
-digits projected on their 16 leading principal components (centred, scaled to average variance
-1, not whitened), "data_noise" adds :math:`\mathcal N(0, 0.5^2 I)`.
+For every pair the behaviour is the (uncentred) output cosine over 50 000 samples of that
+distribution, :math:`\sum_n f_a(x_n)\cdot f_b(x_n) / \sqrt{\sum_n|f_a(x_n)|^2\sum_n|f_b(x_n)|^2}`,
+and the weight-based metrics are
 
-For every distribution, across all pairs: the Pearson and Spearman correlation of the empirical
-output cosine under that distribution (the behaviour, on ``samples`` inputs) with (i) tensor
-similarity, (ii) the Gaussian similarity under :math:`\mathcal N(0, I)` and (iii) the Gaussian
-similarity under the Gaussian with the distribution's own mean and covariance (exact, from the
-weights). Outputs are compared after removing their mean over classes (the projection
-:math:`I - \tfrac1C\mathbf 1\mathbf 1^\top`: softmax ignores a shift common to all logits).
-Accuracies (agreement with the teacher) of the students under each distribution are reported
-beside the correlations, with the majority-class rate.
+* ``tensor``: the cosine of the symmetrised tensors (isotropic: no distribution);
+* ``Σ-generalised`` (the authors' covariance-generalised tensor similarity): the inner product
+  :math:`\sum_o \operatorname{tr}(T_a^o\Sigma T_b^o\Sigma)` with the distribution's covariance
+  :math:`\Sigma` on both input legs, normalised. For a quadratic form it is the output
+  covariance under :math:`\mathcal N(0,\Sigma)`, so tnsim computes it as the centred Gaussian
+  similarity with ``cov=Σ``;
+* ``N(μ,Σ)``: tnsim's exact raw second moment :math:`E[f_a\cdot f_b]` under the Gaussian with the
+  distribution's mean *and* covariance — the Gaussian counterpart of the uncentred output cosine;
+* ``product measure`` (an exact non-Gaussian measure): when ``tnsim.ProductMeasure`` exists, the
+  measure fitted to samples of the distributions whose coordinates are independent. Until the
+  engine offers it the column is recorded as pending.
+
+Reported per distribution: the Pearson r (and Spearman ρ) of each metric with the output cosine
+over the 2415 pairs, and the final accuracy (mean over seeds on 50 000 fresh samples).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 
-from .. import data as D
+import tnsim
+
+from ..errors import ShapeMismatchError
 from ..nn import Bilinear
 from . import common as C
 
 NAME = "distributions"
-DIM, CLASSES = 16, 4
+DIM = 4  #: inputs (and classes)
+DISTRIBUTIONS = (
+    "gaussian",
+    "half_gaussian",
+    "bimodal",
+    "uniform",
+    "laplace",
+    "sparse_spikes",
+    "permutation",
+    "correlated_gaussian",
+    "neg10_last_gaussian",
+)
+BIMODAL_NOISE = 0.3  #: standard deviation around ±1 under ``bimodal``
+SPIKE_P = 0.25  #: probability that a coordinate is non-zero under ``sparse_spikes``
+AR_RHO = 0.8  #: ``correlated_gaussian``: :math:`\Sigma_{ij} = 0.8^{|i-j|}`
+LAST_VALUE = -10.0  #: the constant last coordinate of ``neg10_last_gaussian``
+#: distributions whose coordinates are independent (an exact product measure applies)
+INDEPENDENT = tuple(n for n in DISTRIBUTIONS if n not in ("permutation", "correlated_gaussian"))
 #: what a saved trajectory depends on besides the mode settings (part of its cache key)
-IDENTITY = {
-    "experiment": NAME,
-    "distributions": list(D.DISTRIBUTIONS),
-    "dim": DIM,
-    "classes": CLASSES,
-}
+IDENTITY = {"experiment": NAME, "model": "Bilinear(4, 32, 4), no bias, N(0, 0.01) init", "v": 1}
 
 MODES = {
     "quick": dict(
         seeds=[0, 1],
         hidden=32,
-        steps=[30, 100, 400],
-        batch=252,
+        steps=[0, 1, 4, 16, 64, 256],
+        batch=512,
         lr=1e-2,
-        samples=3_000,
-        teacher_hidden=8,
-        teacher_bias_scale=1.0,
+        init_std=0.1,
+        samples=5_000,
+        distributions=list(DISTRIBUTIONS),
     ),
     "full": dict(
-        seeds=[0, 1, 2, 3, 4, 5],
+        seeds=[0, 1, 2, 3, 4],
         hidden=32,
-        steps=[25, 50, 100, 200, 400, 800, 1600, 3200],
-        batch=504,
+        steps=[0] + [2**k for k in range(13)],
+        batch=512,
         lr=1e-2,
+        init_std=0.1,
         samples=50_000,
-        teacher_hidden=8,
-        teacher_bias_scale=1.0,
+        distributions=list(DISTRIBUTIONS),
     ),
 }
 
 
-def digits_pca(d: int = DIM) -> torch.Tensor:
-    """Digits on their ``d`` leading principal components, centred, mean variance 1."""
-    from sklearn.datasets import load_digits
-
-    x = torch.tensor(load_digits().data / 16.0, dtype=torch.float64)
-    x = x - x.mean(0)
-    _, _, vt = torch.linalg.svd(x, full_matrices=False)
-    z = x @ vt[:d].T
-    return (z / z.var(0).mean().sqrt()).to(torch.float32)
+# --- the nine distributions ------------------------------------------------------------------
 
 
-def mixture(per: int, g: torch.Generator, pca: torch.Tensor) -> torch.Tensor:
-    """``per`` samples of each of the nine distributions, concatenated."""
-    return torch.cat([D.sample(n, per, DIM, g, data=pca) for n in D.DISTRIBUTIONS])
+def _check(name: str) -> None:
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"distribution: unknown {name!r}; use one of {', '.join(DISTRIBUTIONS)}")
 
 
-def teacher(cfg: dict, pca: torch.Tensor) -> Bilinear:
-    """The fixed random labelling function; its read-out bias centres the logits on the mixture
-    (so that no class dominates)."""
-    torch.manual_seed(1234)
-    t = Bilinear(DIM, cfg["teacher_hidden"], CLASSES, bias=True)
-    with torch.no_grad():
-        for lin in (t.left, t.right):
-            lin.weight.normal_(0, DIM**-0.5)
-            lin.bias.normal_(0, cfg["teacher_bias_scale"])
-        t.down.weight.normal_(0, 1.0)
-        t.down.bias.zero_()
-        t.down.bias.copy_(-t(mixture(4000, torch.Generator().manual_seed(4321), pca)).mean(0))
-    return t.eval()
+def ar1(d: int, rho: float = AR_RHO) -> torch.Tensor:
+    r""":math:`\Sigma_{ij} = \rho^{|i-j|}` (float64)."""
+    i = torch.arange(d, dtype=torch.float64)
+    return rho ** (i[:, None] - i[None, :]).abs()
 
 
-def odd_share(f, n: int = 100_000) -> float:
-    """Share of the variance of ``f``'s centred logits under N(0, I) in their odd part."""
-    x = torch.randn(n, DIM, generator=torch.Generator().manual_seed(5))
-    p = centring().to(torch.float32)
-    with torch.no_grad():
-        a, b = f(x) @ p, f(-x) @ p
-    odd, even = (a - b) / 2, (a + b) / 2
-    return float(odd.var(0).sum() / (odd.var(0).sum() + even.var(0).sum()))
+def sample(name: str, n: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    r"""``n`` samples (float32, shape ``(n, d)``) of one of the nine distributions.
+
+    ======================= ==================================================================
+    ``gaussian``            :math:`\mathcal N(0, I)`
+    ``half_gaussian``       :math:`|z|`, :math:`z\sim\mathcal N(0, I)`
+    ``bimodal``             :math:`s + 0.3z`, :math:`s = \pm1` with equal probability
+    ``uniform``             :math:`U(-1, 1)` per coordinate
+    ``laplace``             Laplace with scale :math:`1/\sqrt2` (variance 1)
+    ``sparse_spikes``       :math:`z/\sqrt{p}` with probability :math:`p = 0.25`, else 0
+    ``permutation``         a uniformly random ordering of :math:`1, 2, \dots, d`
+    ``correlated_gaussian`` :math:`\mathcal N(0, \Sigma)`, :math:`\Sigma_{ij} = 0.8^{|i-j|}`
+    ``neg10_last_gaussian`` :math:`\mathcal N(0, 1)` in the first :math:`d-1` coordinates, the
+                            last always :math:`-10`
+    ======================= ==================================================================
+    """
+    _check(name)
+    kw = dict(generator=generator, dtype=torch.float32)
+    if name == "gaussian":
+        return torch.randn(n, d, **kw)
+    if name == "half_gaussian":
+        return torch.randn(n, d, **kw).abs()
+    if name == "bimodal":
+        signs = torch.randint(0, 2, (n, d), generator=generator).float() * 2 - 1
+        return signs + BIMODAL_NOISE * torch.randn(n, d, **kw)
+    if name == "uniform":
+        return torch.rand(n, d, **kw) * 2 - 1
+    if name == "laplace":  # b (E1 - E2) with E ~ Exp(1) is Laplace(0, b)
+        e1, e2 = (-torch.log1p(-torch.rand(n, d, **kw)) for _ in range(2))
+        return (e1 - e2) / math.sqrt(2)
+    if name == "sparse_spikes":
+        mask = (torch.rand(n, d, **kw) < SPIKE_P).float()
+        return mask * torch.randn(n, d, **kw) / math.sqrt(SPIKE_P)
+    if name == "permutation":
+        return torch.argsort(torch.rand(n, d, **kw), dim=1).float() + 1
+    if name == "correlated_gaussian":
+        chol = torch.linalg.cholesky(ar1(d)).float()
+        return torch.randn(n, d, **kw) @ chol.T
+    x = torch.randn(n, d, **kw)  # neg10_last_gaussian
+    x[:, -1] = LAST_VALUE
+    return x
 
 
-def centring(c: int = CLASSES) -> torch.Tensor:
-    return torch.eye(c, dtype=torch.float64) - 1.0 / c
+def moments(name: str, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact mean and covariance (float64) of a distribution of :func:`sample`.
+
+    half-Gaussian: mean :math:`\sqrt{2/\pi}`, variance :math:`1 - 2/\pi`; bimodal: variance
+    :math:`1 + 0.3^2`; uniform: :math:`1/3`; permutation of :math:`1..d`: mean :math:`(d+1)/2`,
+    variance :math:`(d^2-1)/12`, covariance :math:`-(d+1)/12` (the sum is constant).
+    """
+    _check(name)
+    eye = torch.eye(d, dtype=torch.float64)
+    zero = torch.zeros(d, dtype=torch.float64)
+    if name in ("gaussian", "laplace", "sparse_spikes"):
+        return zero, eye
+    if name == "half_gaussian":
+        return zero + math.sqrt(2 / math.pi), eye * (1 - 2 / math.pi)
+    if name == "bimodal":
+        return zero, eye * (1 + BIMODAL_NOISE**2)
+    if name == "uniform":
+        return zero, eye / 3
+    if name == "permutation":
+        var, off = (d * d - 1) / 12, -(d + 1) / 12
+        return zero + (d + 1) / 2, eye * (var - off) + off
+    if name == "correlated_gaussian":
+        return zero, ar1(d)
+    mean, cov = zero.clone(), eye.clone()  # neg10_last_gaussian
+    mean[-1], cov[-1, -1] = LAST_VALUE, 0.0
+    return mean, cov
 
 
-def train(
-    seed: int, cfg: dict, teach: Bilinear, pca: torch.Tensor, progress: bool, bias: bool = True
-) -> C.Trajectory:
+def sampler(name: str, d: int = DIM) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``fn(count, generator)`` drawing from ``name`` (for :mod:`tnsim.baselines`)."""
+    _check(name)
+    return lambda count, g: sample(name, count, d, g)
+
+
+# --- the task and the model ------------------------------------------------------------------
+
+
+def second_largest(x: torch.Tensor) -> torch.Tensor:
+    """Index of the second-largest entry of each row of ``x`` (shape ``(n, d)``, ``d >= 2``).
+
+    Ties are ordered by index (of equal values the one with the higher index counts as larger),
+    so every row has exactly one answer; ties only occur under ``sparse_spikes`` (exact zeros).
+    """
+    if x.dim() != 2 or x.shape[1] < 2:
+        raise ShapeMismatchError(f"x: need shape (n, d) with d >= 2, got {tuple(x.shape)}")
+    return torch.argsort(x, dim=1, stable=True)[:, -2]
+
+
+def model(seed: int, cfg: dict) -> Bilinear:
+    """The untrained ``Bilinear(4, hidden, 4)`` of seed ``seed``, weights :math:`\\mathcal N(0,
+    \\text{init\\_std}^2)`."""
     torch.manual_seed(seed)
-    model = Bilinear(DIM, cfg["hidden"], CLASSES, bias=bias)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-    g = torch.Generator().manual_seed(10_000 + seed)
-    per = cfg["batch"] // len(D.DISTRIBUTIONS)
-    traj = C.Trajectory()
-    traj.begin("training")
+    m = Bilinear(DIM, cfg["hidden"], DIM)
+    with torch.no_grad():
+        for lin in (m.left, m.right, m.down):
+            lin.weight.normal_(0, cfg["init_std"])
+    return m
+
+
+def accuracy(f: torch.nn.Module, name: str, n: int, seed: int = 99) -> float:
+    """Accuracy of ``f`` on ``n`` fresh samples of ``name``."""
+    x = sample(name, n, DIM, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return float((f(x).argmax(1) == second_largest(x)).float().mean())
+
+
+def train(name: str, seed: int, cfg: dict, progress: bool) -> C.Trajectory:
+    """Adam on fresh batches of ``name``; a checkpoint at every step in ``cfg["steps"]``."""
+    f = model(seed, cfg)
+    opt = torch.optim.Adam(f.parameters(), lr=cfg["lr"])
+    g = torch.Generator().manual_seed(1000 * (DISTRIBUTIONS.index(name) + 1) + seed)
     marks = set(cfg["steps"])
+    traj = C.Trajectory()
+    traj.begin(name)
+    if 0 in marks:
+        traj.add(f, step=0, seed=seed)
     for step in C.bar(
-        range(1, max(marks) + 1), desc=f"seed {seed}: student", enabled=progress, unit="step"
+        range(1, max(marks) + 1), desc=f"{name} seed {seed}", enabled=progress, unit="step"
     ):
-        x = mixture(per, g, pca)
-        with torch.no_grad():
-            y = teach(x).argmax(1)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        x = sample(name, cfg["batch"], DIM, g)
+        loss = torch.nn.functional.cross_entropy(f(x), second_largest(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(
-            model.parameters(), 5.0
-        )  # heavy-tailed inputs: rare huge steps
         opt.step()
         if step in marks:
-            traj.add(model, step=step, seed=seed)
+            traj.add(f, step=step, seed=seed)
     traj.end()
     return traj
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def product_measure(name: str, n: int = 200_000):
+    """The exact product measure of ``name`` fitted to ``n`` samples, or ``None`` (the engine has
+    no ``tnsim.ProductMeasure`` yet, or the coordinates are dependent)."""
+    cls = getattr(tnsim, "ProductMeasure", None)
+    if cls is None or name not in INDEPENDENT or not hasattr(cls, "fit"):
+        return None
+    return cls.fit(sample(name, n, DIM, torch.Generator().manual_seed(31)).double())
+
+
+def weight_metrics(models: list, name: str) -> dict[str, torch.Tensor]:
+    """Every weight-based similarity matrix of ``models`` for distribution ``name``."""
+    mean, cov = moments(name, DIM)
+    out = {
+        "tensor": C.metric_matrix("tensor", models),
+        "Σ-generalised": C.metric_matrix("gaussian", models, cov=cov, centred=True),
+        "N(μ,Σ)": C.metric_matrix("gaussian", models, mean=mean, cov=cov),
+    }
+    pm = product_measure(name)
+    if pm is not None:
+        out["product measure"] = tnsim.similarity_matrix(models, measure=pm).to(torch.float64)
+    return out
+
+
+def upper(m: torch.Tensor) -> torch.Tensor:
+    """The strictly upper-triangular entries of a square matrix (one per pair)."""
+    iu = torch.triu_indices(len(m), len(m), 1)
+    return m[iu[0], iu[1]]
+
+
+def analyse(name: str, models: list, records: list, cfg: dict) -> tuple[dict, dict]:
+    """Correlations with the output cosine and accuracies for one distribution."""
+    behaviour = tnsim.baselines.output_cosine_matrix(
+        models, distribution=sampler(name), n=cfg["samples"], seed=7
+    )
+    mats = weight_metrics(models, name)
+    b = upper(behaviour)
+    row = {"distribution": name, "pairs": len(b)}
+    for label, m in mats.items():
+        row[f"pearson {label}"] = C.pearson(upper(m), b)
+        row[f"spearman {label}"] = C.spearman(upper(m), b)
+    if "product measure" not in mats:
+        row["pearson product measure"] = "pending"
+    final = max(cfg["steps"])
+    accs = [accuracy(f, name, cfg["samples"]) for f, r in zip(models, records) if r["step"] == final]
+    row["accuracy"] = sum(accs) / len(accs)
+    row["accuracy_min"] = min(accs)
+    row["output_cosine_min"] = float(b.min())
+    return row, {"output cosine": behaviour, **mats}
 
 
 def run(
@@ -150,188 +296,130 @@ def run(
     command: str | None = None,
     seeds=None,
 ) -> dict:
-    from .. import baselines, similarity_matrix
-
     cfg, res = C.start(out, NAME, MODES, mode, command, seeds)
-    pca = digits_pca()
-    teach = teacher(cfg, pca)
-    proj = centring()
+    rows, mats, curves = [], {}, {}
     with C.threads(threads):
-        # control: a bias-free (even) student, trained the same way, cannot learn the odd part
-        even = C.trajectory(
-            res, cfg, IDENTITY, 0, lambda s: train(s, cfg, teach, pca, progress, bias=False),
-            log=log, folder="even", even=True,
-        ).models[-1]
-        models, labels = [], []
-        for seed in cfg["seeds"]:
-            traj = C.trajectory(
-                res, cfg, IDENTITY, seed, lambda s: train(s, cfg, teach, pca, progress), log=log
-            )
-            models += traj.models
-            labels += [f"s{r['seed']}@{r['step']}" for r in traj.records]
-        n = len(models)
-        iu = torch.triu_indices(n, n, 1)
-        pairs = lambda m: m[iu[0], iu[1]]  # noqa: E731
-        # the trained subset: checkpoints from the second half of training (similar, subtle pairs)
-        late_steps = set(cfg["steps"][len(cfg["steps"]) // 2 :])
-        late = torch.tensor([int(lab.split("@")[1]) in late_steps for lab in labels])
-        trained = late[iu[0]] & late[iu[1]]
-        weight = {
-            "tensor": similarity_matrix(models, measure="tensor", outputs=proj),
-            "Gaussian N(0,I)": similarity_matrix(models, measure="gaussian", outputs=proj),
-        }
-        rows, acc_rows, mats = [], [], dict(weight)
-        for name in C.bar(D.DISTRIBUTIONS, desc="distributions", enabled=progress, unit="dist"):
-            behaviour = baselines.output_cosine_matrix(
-                models, distribution=name, n=cfg["samples"], seed=7, data=pca, outputs=proj
-            )
-            mean, cov = D.moments(name, DIM, pca)
-            matched = similarity_matrix(
-                models, measure="gaussian", mean=mean, cov=cov, outputs=proj
-            )
-            mats[f"output cosine [{name}]"] = behaviour
-            mats[f"Gaussian matched [{name}]"] = matched
-            b = pairs(behaviour)
-            row = {"distribution": name}
-            for label, m in (
-                ("tensor", weight["tensor"]),
-                ("gaussian", weight["Gaussian N(0,I)"]),
-                ("matched", matched),
-            ):
-                row[f"pearson_{label}"] = C.pearson(pairs(m), b)
-                row[f"spearman_{label}"] = C.spearman(pairs(m), b)
-                row[f"spearman_{label}_trained"] = C.spearman(pairs(m)[trained], b[trained])
-            row["mean_abs_diff_matched"] = float((pairs(matched) - b).abs().mean())
-            row["behaviour_min"], row["behaviour_max"] = float(b.min()), float(b.max())
-            g = torch.Generator().manual_seed(99)
-            x = D.sample(name, cfg["samples"], DIM, g, data=pca)
-            with torch.no_grad():
-                y = teach(x).argmax(1)
-                accs = [float((m(x).argmax(1) == y).float().mean()) for m in models]
-                even_acc = float((even(x).argmax(1) == y).float().mean())
-            finals = [a for a, lab in zip(accs, labels) if lab.endswith(f"@{max(cfg['steps'])}")]
-            majority = float(torch.bincount(y, minlength=CLASSES).max()) / len(y)
-            row["accuracy_final"] = sum(finals) / len(finals)
-            row["accuracy_even_control"] = even_acc
-            row["majority_rate"] = majority
+        for name in cfg["distributions"]:
+            models, records = [], []
+            for seed in cfg["seeds"]:
+                traj = C.trajectory(
+                    res, cfg, IDENTITY, seed, lambda s: train(name, s, cfg, progress),
+                    log=log, folder=f"{name}/seed{seed}", distribution=name,
+                )
+                models += traj.models
+                records += traj.records
+            row, m = analyse(name, models, records, cfg)
             rows.append(row)
-            acc_rows.append(
-                {
-                    "distribution": name,
-                    "majority_rate": majority,
-                    **{lab: a for lab, a in zip(labels, accs)},
-                }
-            )
-    share = odd_share(teach)
+            mats.update({f"{k} [{name}]": v for k, v in m.items()})
+            curves[name] = accuracy_curve(models, records, name, cfg)
+            log(f"  {name}: r tensor {row['pearson tensor']:.3f}, accuracy {row['accuracy']:.3f}")
     res.results.update(
-        correlations=rows,
-        accuracies=acc_rows,
-        models=labels,
-        pairs=len(iu[0]),
-        trained_pairs=int(trained.sum()),
-        teacher_odd_share=share,
+        rows=rows,
+        accuracy_curves=curves,
+        product_measure=getattr(tnsim, "ProductMeasure", None) is not None,
     )
     res.matrices = mats
     res.table("correlations.csv", rows)
-    res.table("accuracies.csv", acc_rows)
-    figures(res, rows, mats, pairs)
-    res.finish(report_md(rows, cfg, n, len(iu[0]), int(trained.sum()), share))
+    figures(res, rows, mats, curves, cfg)
+    res.finish(report_md(rows, cfg))
     log(f"wrote {res.folder}/report.md")
     return {"rows": rows, "folder": str(res.folder)}
 
 
-def figures(res: C.Output, rows: list[dict], mats: dict, pairs) -> None:
+def accuracy_curve(models, records, name, cfg) -> dict[str, list[float]]:
+    """Mean accuracy over seeds at every checkpoint step (on ``samples // 10`` samples)."""
+    steps = sorted({r["step"] for r in records})
+    n = max(1000, cfg["samples"] // 10)
+    accs = {s: [] for s in steps}
+    for f, r in zip(models, records):
+        accs[r["step"]].append(accuracy(f, name, n, seed=5))
+    return {"steps": steps, "accuracy": [sum(accs[s]) / len(accs[s]) for s in steps]}
+
+
+# --- figures and report ----------------------------------------------------------------------
+
+
+def figures(res: C.Output, rows: list[dict], mats: dict, curves: dict, cfg: dict) -> None:
     from .. import plot
 
-    fig = plot.figure(10, 8.4)
+    fig = plot.figure(10, 8.6)
     axes = fig.subplots(3, 3).ravel()
-    t = pairs(mats["tensor"]).numpy()
     for ax, row in zip(axes, rows):
         name = row["distribution"]
-        ax.scatter(
-            t, pairs(mats[f"output cosine [{name}]"]).numpy(), s=4, alpha=0.5, label="tensor"
-        )
-        ax.scatter(
-            pairs(mats[f"Gaussian matched [{name}]"]).numpy(),
-            pairs(mats[f"output cosine [{name}]"]).numpy(),
-            s=4,
-            alpha=0.5,
-            label="matched Gaussian",
-        )
-        lo = min(t.min(), float(pairs(mats[f"output cosine [{name}]"]).min()))
-        ax.plot([lo, 1], [lo, 1], color="black", lw=0.6, ls="--")
+        b = upper(mats[f"output cosine [{name}]"]).numpy()
+        for label, colour in (("tensor", "C0"), ("N(μ,Σ)", "C2")):
+            ax.scatter(upper(mats[f"{label} [{name}]"]).numpy(), b, s=3, alpha=0.4,
+                       color=colour, label=label)
+        ax.plot([-1, 1], [-1, 1], color="black", lw=0.6, ls="--")
+        lo = float(min(b.min(), upper(mats[f"tensor [{name}]"]).min()))
+        ax.set_xlim(lo - 0.05, 1.02)
+        ax.set_ylim(float(b.min()) - 0.05, 1.02)
         ax.set_title(
-            f"{name}: ρ_tensor={row['spearman_tensor']:.2f}, ρ_matched={row['spearman_matched']:.2f}\n"
-            f"student accuracy {row['accuracy_final']:.2f} (majority {row['majority_rate']:.2f})",
+            f"{name}\nr tensor {row['pearson tensor']:.2f}, r N(μ,Σ) {row['pearson N(μ,Σ)']:.2f},"
+            f" acc {row['accuracy']:.2f}",
             fontsize=8,
         )
         ax.tick_params(labelsize=7)
         ax.set_xlabel("weight-based similarity", fontsize=7)
-        ax.set_ylabel("output cosine", fontsize=7)
+        ax.set_ylabel("output cosine (samples)", fontsize=7)
     axes[0].legend(fontsize=7, markerscale=3)
     fig.suptitle(
-        "Weight-based similarity (x) vs empirical output cosine (y) over all model pairs",
-        fontsize=10,
+        f"Each point is one pair of the {len(cfg['seeds']) * len(cfg['steps'])} checkpoints "
+        "trained on that distribution (Bilinear 4→32→4, task: index of the 2nd-largest input)",
+        fontsize=9,
     )
-    res.figure(fig, "scatter.png", "Each point is a pair of students; ρ = Spearman correlation.")
+    res.figure(fig, "scatter.png", "Weight-based similarity (x) vs output cosine on samples (y).")
+    labels = [k.removeprefix("pearson ") for k in rows[0] if k.startswith("pearson ")]
     groups = {
-        lab: {r["distribution"]: r[f"spearman_{key}"] for r in rows}
-        for lab, key in (
-            ("tensor", "tensor"),
-            ("Gaussian N(0,I)", "gaussian"),
-            ("Gaussian, matched moments", "matched"),
-        )
+        lab: {r["distribution"]: r[f"pearson {lab}"] for r in rows}
+        for lab in labels
+        if all(isinstance(r.get(f"pearson {lab}"), float) for r in rows)
     }
     fig = plot.bars(
-        groups,
-        ylabel="Spearman ρ with output cosine",
-        width=9,
-        title="Does the weight-based similarity rank pairs like their behaviour does?",
+        groups, ylabel="Pearson r with output cosine", width=10,
+        title="How well does each weight-based similarity predict the output cosine?",
     )
-    res.figure(
-        fig, "correlations.png", "Spearman correlation with the output cosine, per distribution."
-    )
+    fig.axes[0].tick_params(axis="x", labelrotation=30)
+    res.figure(fig, "correlations.png", "Pearson r over all pairs, per training distribution.")
+    fig = plot.figure(6.5, 3.2)
+    ax = fig.subplots()
+    for name, c in curves.items():
+        ax.plot([max(s, 0.5) for s in c["steps"]], c["accuracy"], marker=".", label=name)
+    ax.set_xscale("log")
+    ax.axhline(0.25, color="black", lw=0.6, ls=":")
+    ax.set_xlabel("training step (log; step 0 drawn at 0.5)", fontsize=8)
+    ax.set_ylabel("accuracy (mean over seeds)", fontsize=8)
+    ax.set_title("Learning the index of the second-largest of 4 inputs (chance 0.25)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    res.figure(fig, "training.png", "Accuracy over training, per input distribution.")
 
 
-def report_md(rows: list[dict], cfg: dict, n: int, npairs: int, ntrained: int, share: float) -> str:
-    cols = [
-        "distribution",
-        "spearman_tensor",
-        "pearson_tensor",
-        "spearman_gaussian",
-        "spearman_matched",
-        "pearson_matched",
-        "mean_abs_diff_matched",
-        "accuracy_final",
-        "accuracy_even_control",
-        "majority_rate",
+def report_md(rows: list[dict], cfg: dict) -> str:
+    cols = ["distribution"] + [k for k in rows[0] if k.startswith("pearson ")] + [
+        "accuracy", "accuracy_min", "output_cosine_min",
     ]
-    cols2 = [
-        "distribution",
-        "spearman_tensor_trained",
-        "spearman_gaussian_trained",
-        "spearman_matched_trained",
-    ]
+    spear = ["distribution"] + [k for k in rows[0] if k.startswith("spearman ")]
+    n = len(cfg["seeds"]) * len(cfg["steps"])
+    pm = getattr(tnsim, "ProductMeasure", None) is not None
     return "\n".join(
         [
             "## Result",
             "",
-            f"The teacher's odd part carries {100 * share:.0f}% of the variance of its (class-centred) logits "
-            "under N(0, I); `accuracy_even_control` is a bias-free (even) student trained the same way.",
-            "",
-            f"{n} students ({len(cfg['seeds'])} seeds × checkpoints at steps {cfg['steps']}), {npairs} pairs; "
-            f"behaviour = output cosine on {cfg['samples']} samples of each distribution. `accuracy_final` "
-            "is the mean agreement of the fully trained students with the teacher under that distribution.",
+            f"{n} models per distribution ({len(cfg['seeds'])} seeds × checkpoints at steps "
+            f"{cfg['steps']}), {n * (n - 1) // 2} pairs; behaviour = uncentred output cosine on "
+            f"{cfg['samples']} samples. `accuracy` = mean final accuracy over seeds.",
             "",
             C.markdown_table(rows, cols),
             "",
-            f"The same correlations over the {ntrained} pairs of trained students only (checkpoints from the "
-            "second half of training, whose similarities are all high and differ subtly):",
+            "Spearman ρ of the same pairs:",
             "",
-            C.markdown_table(rows, cols2),
+            C.markdown_table(rows, spear),
             "",
-            "`matched` = tnsim's exact Gaussian similarity with the distribution's mean and covariance; "
-            "`mean_abs_diff_matched` = its mean absolute difference from the output cosine over pairs "
-            "(zero up to sampling error for Gaussian distributions, since it is then the same quantity).",
+            "`Σ-generalised` = the authors' covariance-generalised tensor similarity (centred "
+            "Gaussian under N(0, Σ)); `N(μ,Σ)` = tnsim's exact raw second moment under the Gaussian "
+            "with the distribution's mean and covariance. Product measure: "
+            + ("computed with `tnsim.ProductMeasure`." if pm else
+               "pending (this tnsim has no `tnsim.ProductMeasure`)."),
         ]
     )
