@@ -114,7 +114,7 @@ def test_transformer_matches_its_equations(mask, bias, scale):
     torch.testing.assert_close(model(x), reference(x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(model(x[:, :2]), reference(x[:, :2]), rtol=1e-12, atol=1e-12)  # shorter
     # the traced network computes the same function
-    net = tnsim.compile(model, model.example_input)
+    net = tnsim.compile(model, input_shape=model.input_shape)
     torch.testing.assert_close(run_network(net, x[0]), reference(x[0]), rtol=1e-9, atol=1e-12)
 
 

@@ -26,7 +26,7 @@ def positionwise_stack(seed):
 
 def test_positionwise_stack_all_methods():
     a, b = positionwise_stack(1), positionwise_stack(2)
-    x0 = torch.zeros(N, D, dtype=torch.float64)
+    x0 = torch.zeros(1, N, D, dtype=torch.float64)  # a batch of one sequence
     na, nb = tnsim.compile(a, x0), tnsim.compile(b, x0)
     assert na.in_shape == (N, D + 1) and na.out_shape == (N, 3)
     Ca, Cb = bs.model_tensor(a, N), bs.model_tensor(b, N)
@@ -60,7 +60,7 @@ def test_outputs_at_selected_positions(positions):
 
 def test_selected_positions_of_a_two_layer_model_recursive():
     a, b = positionwise_stack(1), positionwise_stack(2)
-    x0 = torch.zeros(N, D, dtype=torch.float64)
+    x0 = torch.zeros(1, N, D, dtype=torch.float64)  # a batch of one sequence
     sa = tnsim.at_positions(tnsim.compile(a, x0), [0])
     sb = tnsim.at_positions(tnsim.compile(b, x0), [0])
     assert len(sa.chain) == 2
@@ -106,7 +106,7 @@ def test_trilinear_positionwise_with_mean_and_covariance():
     torch.manual_seed(5)
     a = tnsim.nn.Trilinear(D, 3, D, bias=True, residual=True).double()
     b = tnsim.nn.Trilinear(D, 3, D, bias=True, residual=True).double()
-    x0 = torch.zeros(N, D, dtype=torch.float64)
+    x0 = torch.zeros(1, N, D, dtype=torch.float64)  # a batch of one sequence
     na, nb = tnsim.compile(a, x0), tnsim.compile(b, x0)
     assert na.terms[0].group_order == 6  # the symmetric CP node's S_3
     Ca, Cb = bs.model_tensor(a, N), bs.model_tensor(b, N)

@@ -81,7 +81,7 @@ def test_traced_attention_equals_hand_built(case):
     ref = hand_built_attention(my, kw.get("residual", False))
     other = hand_built_attention(MyAttention(D, N, **kw).double(), kw.get("residual", False))
     x = torch.randn(N, D, dtype=torch.float64)
-    traced = tnsim.compile(my, x)  # not registered: traced
+    traced = tnsim.compile(my, input_shape=x.shape)  # not registered: traced (unbatched form)
     assert torch.allclose(run_network(traced, x), my(x), atol=1e-12)
     # every measure and method for the plain head; the others are covered on the hand-built
     # form in test_attention.py, here one exact and one recursive value each
@@ -106,7 +106,7 @@ def test_traced_block_equals_hand_built_and_has_two_layers():
     other = tnsim.nn.TensorTransformerBlock(D, N, d_hidden=2).double()
     x = torch.randn(N, D, dtype=torch.float64)
     assert torch.allclose(my(x), ref(x), atol=1e-12)
-    traced = tnsim.trace(my, x)
+    traced = tnsim.trace(my, input_shape=x.shape)
     assert len(traced.chain) == 2 and traced.in_padded  # residual layers are padded
     assert torch.allclose(run_network(traced, x), my(x), atol=1e-12)
     for measure, method in (("tensor", "recursive"), ("gaussian", "recursive")):
@@ -179,7 +179,7 @@ def test_every_supported_operation_traces_to_the_same_function():
     torch.manual_seed(4)
     m = Ops().double()
     x = torch.randn(N, D, dtype=torch.float64)
-    net = tnsim.trace(m, x)
+    net = tnsim.trace(m, input_shape=x.shape)
     assert net.real_out_shape == (2, 6)
     for _ in range(3):
         x = torch.randn(N, D, dtype=torch.float64)
@@ -190,14 +190,14 @@ def test_every_supported_operation_traces_to_the_same_function():
         return lambda X: torch.stack([f(x) for x in X])
 
     want = bs.quadrature_inner(per_input(m), per_input(m2), N, D, 4, mean, cov)
-    got = tnsim.inner(net, tnsim.trace(m2, x), mean=mean, cov=cov, method="exact")
+    got = tnsim.inner(net, tnsim.trace(m2, input_shape=x.shape), mean=mean, cov=cov, method="exact")
     assert rel(got, want) < 1e-10
 
 
 def test_tracing_leaves_the_module_unchanged():
     m = Ops().double()
     before = set(vars(m)) | set(dict(m.named_buffers()))
-    tnsim.trace(m, torch.zeros(N, D, dtype=torch.float64))
+    tnsim.trace(m, input_shape=(N, D))
     assert set(vars(m)) | set(dict(m.named_buffers())) == before
 
 
@@ -264,7 +264,7 @@ ERRORS = {
 def test_unsupported_operations_are_named_with_their_line(kind):
     m = Bad(kind).double()
     with pytest.raises(tnsim.NotMultilinearError, match=ERRORS[kind]) as err:
-        tnsim.compile(m, torch.zeros(N, D, dtype=torch.float64))
+        tnsim.compile(m, input_shape=(N, D))
     assert "test_trace.py:" in str(err.value)
     assert isinstance(err.value, TypeError)
 
@@ -279,14 +279,14 @@ def test_module_without_compiler_and_second_input_are_named():
             return self.conv(x)
 
     with pytest.raises(tnsim.NotMultilinearError, match=r"'conv' \(Conv1d\) at .*test_trace\.py:\d+.* has no tnsim compiler"):
-        tnsim.trace(Conv(), torch.zeros(N, D))
+        tnsim.trace(Conv(), input_shape=(N, D))
 
     class Two(torch.nn.Module):
         def forward(self, x, y):
             return x * y
 
     with pytest.raises(tnsim.StructureError, match="second tensor argument"):
-        tnsim.trace(Two(), torch.zeros(N, D))
+        tnsim.trace(Two(), input_shape=(N, D))
 
 
 def test_untraceable_module_without_example_input_asks_for_one():
@@ -294,20 +294,22 @@ def test_untraceable_module_without_example_input_asks_for_one():
         tnsim.compile(MyAttention(D, N))
 
 
-def test_example_input_must_be_one_vector_or_sequence():
-    with pytest.raises(tnsim.ShapeMismatchError, match="without a batch axis"):
-        tnsim.trace(MyAttention(D, N), torch.zeros(4, N, D))
+def test_example_input_is_batched_as_forward_receives_it():
+    with pytest.raises(tnsim.ShapeMismatchError, match="batch axis first"):
+        tnsim.trace(MyAttention(D, N), torch.zeros(4, 1, N, D))
+    with pytest.raises(tnsim.errors.ArgumentTypeError, match="not both"):
+        tnsim.trace(MyAttention(D, N), torch.zeros(4, N, D), input_shape=(N, D))
 
 
 def test_vector_model_given_a_sequence_is_applied_per_position():
     a = stack2(seed=1)
-    net = tnsim.compile(a, torch.zeros(N, 3, dtype=torch.float64))
+    net = tnsim.compile(a, input_shape=(N, 3))
     assert net.in_shape == (N, 3) and net.out_shape == (N, 2)
     x = torch.randn(N, 3, dtype=torch.float64)
     assert torch.allclose(run_network(net, x), a(x), atol=1e-12)
     # i.i.d. positions: the Gaussian inner product is n times the per-vector one
     b = stack2(seed=2)
-    nb = tnsim.compile(b, torch.zeros(N, 3, dtype=torch.float64))
+    nb = tnsim.compile(b, input_shape=(N, 3))
     assert rel(tnsim.inner(net, nb, method="exact"), N * tnsim.inner(a, b, method="exact")) < 1e-10
 
 
@@ -328,7 +330,73 @@ class BroadcastEinsum(torch.nn.Module):
 def test_einsum_broadcasting_traces_to_the_same_function():
     torch.manual_seed(6)
     m = BroadcastEinsum().double()
-    net = tnsim.trace(m, torch.zeros(N, D, dtype=torch.float64))
+    net = tnsim.trace(m, input_shape=(N, D))
     for _ in range(3):
         x = torch.randn(N, D, dtype=torch.float64)
         assert torch.allclose(run_network(net, x), m(x), atol=1e-12)
+
+
+# --- torch's batch convention (issue 12) -------------------------------------------------------
+
+
+class BatchedAttention(torch.nn.Module):
+    """Squared-score attention written for batches, as torch code usually is: (B, n, d)."""
+
+    def __init__(self, d, n):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(d, d, bias=False) for _ in range(3))
+        self.register_buffer("mask", torch.tril(torch.ones(n, n)))
+
+    def forward(self, x):
+        scores = (self.q(x) @ self.k(x).transpose(-1, -2)) ** 2 * self.mask
+        return scores @ self.v(x)
+
+
+class PairProduct(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = torch.nn.Linear(4, 6, bias=False), torch.nn.Linear(4, 6, bias=False)
+        self.down = torch.nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.down(self.left(x) * self.right(x))
+
+
+def test_a_batched_vector_example_gives_the_vector_model():
+    """torch.randn(8, 4) is 8 inputs of a vector model, not one sequence of 8 positions."""
+    torch.manual_seed(7)
+    m = PairProduct().double()
+    ref = tnsim.nn.Bilinear(4, 6, 3).double()
+    with torch.no_grad():
+        for name in ("left", "right", "down"):
+            getattr(ref, name).weight.copy_(getattr(m, name).weight)
+    net = tnsim.compile(m, torch.randn(8, 4, dtype=torch.float64))
+    assert net.in_shape == (4,) and net.out_shape == (3,)
+    other = tnsim.nn.Bilinear(4, 6, 3).double()
+    for measure in ("tensor", "gaussian"):
+        assert rel(tnsim.inner(net, other, measure=measure), tnsim.inner(ref, other, measure=measure)) < 1e-12
+    assert tnsim.compile(ref, torch.randn(8, 4)).in_shape == (4,)  # registered layers alike
+    assert tnsim.compile(ref, torch.randn(2, 5, 4)).in_shape == (5, 4)  # sequences: positionwise
+
+
+def test_a_batched_attention_module_traces_from_a_batched_example():
+    torch.manual_seed(8)
+    m = BatchedAttention(D, N).double()
+    x = torch.randn(2, N, D, dtype=torch.float64)
+    net = tnsim.compile(m, x)
+    assert net.in_shape == (N, D)
+    for row in torch.randn(3, N, D, dtype=torch.float64):
+        assert torch.allclose(run_network(net, row), m(row[None])[0], atol=1e-12)
+
+
+def test_an_example_whose_rows_interact_is_refused():
+    class MixesRows(torch.nn.Module):  # treats the first axis as positions, not a batch
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(D, D, bias=False)
+
+        def forward(self, x):
+            return self.lin(x) * x.sum(0)
+
+    with pytest.raises(tnsim.StructureError, match="input_shape="):
+        tnsim.compile(MixesRows().double(), torch.randn(N, D, dtype=torch.float64))

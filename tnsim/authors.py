@@ -24,7 +24,7 @@ unpickling, or the dict itself) with the few settings its shapes do not show (``
 models become :mod:`tnsim.nn` modules (``Linear``, ``Bilinear``; the folded residual's
 factors are moved into the weights exactly), compiled without an example input. Transformers
 become :class:`Transformer`, a plain PyTorch module of the same equations that
-:func:`tnsim.trace` compiles (``tnsim.compile(model, model.example_input)``): :mod:`tnsim.nn`
+:func:`tnsim.trace` compiles (``tnsim.compile(model, input_shape=model.input_shape)``): :mod:`tnsim.nn`
 has no two-score-pair attention, Q/K biases or RoPE yet.
 """
 
@@ -135,7 +135,7 @@ class _Layer(torch.nn.Module):
 class Transformer(torch.nn.Module):
     """The research code's ``Transformer``: ``embed``, ``body.N.{attn, mlp}``, ``head``, on
     inputs of shape ``(..., n_ctx, d_input)``. Compile it with
-    ``tnsim.compile(model, model.example_input)`` (traced)."""
+    ``tnsim.compile(model, input_shape=model.input_shape)`` (traced)."""
 
     def __init__(self, d_input: int, d_model: int, n_head: int, n_ctx: int, d_hidden: int,
                  d_output: int, n_layer: int = 2, mask: str = "causal", bias: bool = False,
@@ -151,10 +151,10 @@ class Transformer(torch.nn.Module):
         self.head = Linear(d_model, d_output)
 
     @property
-    def example_input(self) -> torch.Tensor:
-        """A zero input of the full context, for :func:`tnsim.compile`."""
-        p = self.embed.weight
-        return torch.zeros(self.n_ctx, self.d_input, dtype=p.dtype, device=p.device)
+    def input_shape(self) -> tuple[int, int]:
+        """The unbatched input shape ``(n_ctx, d_input)``, for ``tnsim.compile(model,
+        input_shape=model.input_shape)``."""
+        return (self.n_ctx, self.d_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)

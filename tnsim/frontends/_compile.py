@@ -30,7 +30,7 @@ from dataclasses import replace
 import torch
 
 from ..ir.algebra import reshape, simplify
-from ..errors import ArgumentTypeError, NotMultilinearError
+from ..errors import ArgumentTypeError, NotMultilinearError, ShapeMismatchError
 from ..ir._network import Network, compose, pad_input, pad_output, positionwise
 from ..nn import (
     Bilinear,
@@ -41,12 +41,14 @@ from ..nn import (
 )
 from ..ir._symmetry import with_symmetries
 from ..ir._term import Term, cp_term
-from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding, register
+from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding, register, unbatched_example
 from ._trace import trace
 
 __all__ = ["compile", "register", "as_network"]
 
-def compile(module, example_input=None, *, pad: bool | None = None, name: str | None = None) -> Network:
+
+def compile(module, example_input=None, *, input_shape=None, pad: bool | None = None,
+            name: str | None = None) -> Network:
     """Compile a multilinear module (or pass a :class:`Network` through).
 
     Parameters
@@ -54,10 +56,13 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
     module
         A ``torch.nn.Module`` built from supported layers, or a :class:`Network`.
     example_input
-        One example input, without a batch axis: shape ``(d,)`` for vector models, ``(n, d)``
-        for sequence models. Modules outside the registered layer types are traced with it
-        (torch.fx) into the same networks the hand-built form gives; a vector model given a
-        sequence is applied at every position.
+        What ``forward`` receives, batch axis included, as in torch: ``(B, d)`` for vector
+        models, ``(B, n, d)`` for sequence models (a 1-D ``(d,)`` is one unbatched vector).
+        Modules outside the registered layer types are traced on its first row (torch.fx) into
+        the same networks the hand-built form gives, and the result is checked against
+        ``module(example_input)``; a vector model given sequences is applied at every position.
+    input_shape
+        Instead of an example: the unbatched input shape, ``(d,)`` or ``(n, d)``.
     pad
         Force (``True``) or forbid (``False``) the padded representation; default: padded iff
         the model has biases or residual connections.
@@ -79,17 +84,23 @@ def compile(module, example_input=None, *, pad: bool | None = None, name: str | 
     try:
         net = _compile(module, "", padded)
     except NotMultilinearError:
-        if example_input is None:
+        if example_input is None and input_shape is None:
             raise
         net = None
     if net is None:
-        return trace(module, example_input, pad=pad, name=label)
+        return trace(module, example_input, input_shape=input_shape, pad=pad, name=label)
     if net is _SKIP:
         raise NotMultilinearError(f"{label} computes the identity; nothing to compile")
-    if example_input is not None:
-        shape = tuple(torch.as_tensor(example_input).shape)
-        if len(net.in_shape) == 1 and len(shape) == 2:
-            net = positionwise(net, shape[0])
+    x, _ = unbatched_example(module, example_input, input_shape)
+    if x is not None:
+        if len(net.in_shape) == 1 and x.dim() == 2:
+            net = positionwise(net, x.shape[0])  # a vector model applied at every position
+        if tuple(net.real_in_shape) != tuple(x.shape):
+            raise ShapeMismatchError(
+                f"{label} takes inputs of shape {net.real_in_shape} (unbatched), but the example "
+                f"gives {tuple(x.shape)}; example_input is batched as forward receives it, (B, d) "
+                "or (B, n, d), and input_shape= is the unbatched shape"
+            )
     return _named(net, label)
 
 

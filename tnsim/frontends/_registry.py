@@ -11,10 +11,20 @@ from typing import Callable
 
 import torch
 
-from ..errors import ArgumentTypeError, NonFiniteError, NotMultilinearError, StructureError
+from ..errors import (
+    ArgumentTypeError,
+    NonFiniteError,
+    NotMultilinearError,
+    ShapeMismatchError,
+    StructureError,
+)
+from ..ir._term import evaluate_term
 from ..nn import Bilinear, BilinearAttention, Embedding, Trilinear
 
-__all__ = ["register"]
+__all__ = ["register", "unbatched_example", "check_batched"]
+
+#: batch rows of a batched example checked against the traced network
+CHECK_ROWS = 2
 
 _COMPILERS: dict[type, Callable] = {}
 _NON_POLYNOMIAL = (
@@ -85,3 +95,60 @@ def _compile(module: torch.nn.Module, path: str, padded: bool):
         f"{where} ({kind}) is not a layer tnsim knows; pass example_input= to trace it, or "
         "register a compiler with tnsim.register"
     )
+
+
+def unbatched_example(module, example_input, input_shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(one unbatched input, the batched example or None)`` from torch's convention.
+
+    ``example_input`` is what ``forward`` receives, batch axis included: ``(B, d)`` for vector
+    models, ``(B, n, d)`` for sequence models (a 1-D ``(d,)`` is one unbatched vector, as torch
+    layers accept). ``input_shape`` gives the unbatched shape instead (``(d,)`` or ``(n, d)``).
+    """
+    if example_input is not None and input_shape is not None:
+        raise ArgumentTypeError("pass example_input= (batched, as forward receives it) or input_shape=, not both")
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    if input_shape is not None:
+        shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+        if len(shape) not in (1, 2):
+            raise ShapeMismatchError(
+                f"input_shape must be (d,) or (n, d) without the batch axis, got {shape}"
+            )
+        return torch.zeros(shape, dtype=dtype), None
+    if example_input is None:
+        return None, None
+    x = torch.as_tensor(example_input)
+    if x.is_floating_point():
+        x = x.to(dtype)  # run the example in the model's precision
+    if x.dim() == 1:
+        return x, None
+    if x.dim() not in (2, 3) or x.shape[0] == 0:
+        raise ShapeMismatchError(
+            f"example_input has shape {tuple(x.shape)}: pass what forward receives, batch axis "
+            "first, (B, d) for vector models or (B, n, d) for sequence models, or give the "
+            "unbatched shape as input_shape=(d,) / (n, d)"
+        )
+    return x[0], x
+
+
+def check_batched(net, module, batched: torch.Tensor, label: str) -> None:
+    """Refuse a traced network that does not reproduce ``module(batched)`` row by row (the
+    example's first axis was not a batch axis, or the module mixes batch rows)."""
+    rows = batched[:CHECK_ROWS]
+    with torch.no_grad():
+        want = module(rows)
+    got = torch.stack([
+        sum(evaluate_term(t, [row.to(t.arrays[0].dtype if t.arrays else row.dtype)] * t.degree)
+            for t in net.terms)
+        for row in rows
+    ])
+    tol = 1e-4 if rows.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+    if tuple(want.shape) != tuple(got.shape) or not torch.allclose(
+        got.to(want.dtype), want, rtol=tol, atol=tol * (1 + float(want.abs().max()))
+    ):
+        raise StructureError(
+            f"{label}: the network traced from one row of example_input (shape "
+            f"{tuple(batched.shape)}) does not reproduce module(example_input) row by row "
+            f"(output shape {tuple(want.shape)}); example_input must carry a batch axis first, "
+            "(B, d) or (B, n, d), with rows that do not interact — or pass the unbatched shape "
+            "as input_shape=(d,) or (n, d)"
+        )

@@ -42,10 +42,18 @@ from torch import fx
 from torch.fx.node import map_aggregate
 
 from ..ir import algebra as alg
-from ..errors import NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
+from ..errors import ArgumentTypeError, NotMultilinearError, ShapeMismatchError, StructureError, TnsimError
 from ..ir._network import Network, compose, identity_network, positionwise
 from ..ir._symmetry import with_symmetries
-from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding
+from ._registry import (
+    _COMPILERS,
+    _SKIP,
+    _check_finite,
+    _compile,
+    _uses_padding,
+    check_batched,
+    unbatched_example,
+)
 
 __all__ = ["trace"]
 
@@ -763,29 +771,31 @@ def _needs_padding(net: Network) -> bool:
     return False
 
 
-def trace(module: torch.nn.Module, example_input, *, pad: bool | None = None, name: str | None = None) -> Network:
-    """Trace ``module`` on ``example_input`` (one input, no batch axis) into a network.
+def trace(module: torch.nn.Module, example_input=None, *, input_shape=None, pad: bool | None = None,
+          name: str | None = None) -> Network:
+    """Trace ``module`` on an example into a network.
 
     Parameters
     ----------
     module
-        Any ``torch.nn.Module`` whose forward is a polynomial of its one tensor input.
+        Any ``torch.nn.Module`` whose forward is a polynomial of its one tensor input, written
+        for one input or for a batch (the trace runs on one row).
     example_input
-        Shape ``(d,)`` for vector models or ``(n, d)`` for sequences.
+        What ``forward`` receives, batch axis included, as in torch: ``(B, d)`` for vector
+        models, ``(B, n, d)`` for sequence models (``(d,)``: one unbatched vector). The traced
+        network is checked against ``module(example_input)`` on its first rows.
+    input_shape
+        Instead of an example: the unbatched input shape, ``(d,)`` or ``(n, d)``.
     pad
         Force or forbid the padded representation (default: as :func:`tnsim.compile` decides
         from the leaves, and padded when a later layer mixes degrees, e.g. residuals).
     name
         Label used in messages.
     """
-    x = torch.as_tensor(example_input)
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-    if dtype is not None and x.is_floating_point():
-        x = x.to(dtype)  # run the example in the model's precision
-    if x.dim() not in (1, 2):
-        raise ShapeMismatchError(
-            f"example_input must be one input of shape (d,) or (n, d) without a batch axis, "
-            f"got shape {tuple(x.shape)}"
+    x, batched = unbatched_example(module, example_input, input_shape)
+    if x is None:
+        raise ArgumentTypeError(
+            "trace needs example_input= (batched, as forward receives it) or input_shape="
         )
     _check_finite(module, "")
     label = name or type(module).__name__
@@ -808,6 +818,8 @@ def trace(module: torch.nn.Module, example_input, *, pad: bool | None = None, na
     net = _interpret(module, graph, x, padded)
     if pad is None and not padded and _needs_padding(net):
         net = _interpret(module, graph, x, True)
+    if batched is not None:
+        check_batched(net, module, batched, label)
     return replace(net, name=label)
 
 
