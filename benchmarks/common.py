@@ -113,6 +113,4 @@ def isolated_cache(tmp: str) -> None:
     """Point tnsim's path cache at an empty folder (a cold start) and forget in-memory plans."""
     os.environ["TNSIM_CACHE_DIR"] = tmp
     tnsim.clear_cache(disk=False)
-    from tnsim.plan import _contract as contract
-
     _caches.clear()

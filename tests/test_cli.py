@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -284,3 +285,39 @@ def test_saved_networks_compare_and_refuse_baselines(ckpts, tmp_path, capsys):
     assert tnsim.cli.main(["compare", str(net), str(ckpts["g"]), "--measure", "matrix"]) == 2
     err = capsys.readouterr().err
     assert "net.safetensors: holds a compiled tnsim.Network" in err and err.count("\n") == 1
+
+
+def _enumerated_cosine(f, g, values, probs):
+    """cos under i.i.d. coordinates on a finite support, by enumerating every input."""
+    import itertools
+
+    xs = torch.tensor(list(itertools.product(values, repeat=3)), dtype=torch.float64)
+    w = torch.tensor([math.prod(p) for p in itertools.product(probs, repeat=3)], dtype=torch.float64)
+    with torch.no_grad():
+        fa, fb = f.double()(xs), g.double()(xs)
+    inner = lambda u, v: float((w * (u * v).sum(1)).sum())  # noqa: E731
+    return inner(fa, fb) / math.sqrt(inner(fa, fa) * inner(fb, fb))
+
+
+def test_product_and_categorical_measures_from_the_command_line(ckpts):
+    import copy
+
+    f, h = copy.deepcopy(ckpts["models"][0]), K.load(ckpts["h"])
+    r = tnsim_cli("compare", ckpts["f"], ckpts["h"], "--measure", "product", "--values", "-1", "2",
+                  "--probs", "0.25", "0.75", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["similarity"] == pytest.approx(_enumerated_cosine(f, h, (-1.0, 2.0), (0.25, 0.75)), rel=1e-9)
+    assert got["measure"].startswith("product")
+    r = tnsim_cli("compare", ckpts["f"], ckpts["h"], "--measure", "categorical", "--probs", "0.2", "0.3", "0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    # one-hot inputs: E[f.g] = sum_v p_v f(e_v).g(e_v)
+    eye, p = torch.eye(3, dtype=torch.float64), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        fa, fb = f.double()(eye), h.double()(eye)
+    want = float((p * (fa * fb).sum(1)).sum() / ((p * (fa * fa).sum(1)).sum() * (p * (fb * fb).sum(1)).sum()).sqrt())
+    assert json.loads(r.stdout)["similarity"] == pytest.approx(want, rel=1e-9)
+    r = tnsim_cli("compare", ckpts["f"], ckpts["h"], "--measure", "product")
+    assert r.returncode == 2 and "--values" in r.stderr
+    r = tnsim_cli("cost", ckpts["f"], ckpts["h"], "--measure", "product", "--values", "-1", "1")
+    assert r.returncode == 0 and "contraction" in r.stdout, r.stderr

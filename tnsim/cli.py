@@ -29,9 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from .measures import CategoricalMeasure, ProductMeasure
 
 EXIT_BAD_INPUT = 2
-MEASURES = ("tensor", "gaussian", "matrix", "output", "cka", "monte_carlo")
+#: measures the engine computes (exactly, or by the recursive closure), then the baselines
+ENGINE_MEASURES = ("tensor", "gaussian", "product", "categorical")
+MEASURES = ENGINE_MEASURES + ("matrix", "output", "cka", "monte_carlo")
 DEFAULT_MEASURE = "gaussian"  # as tnsim.similarity
 
 #: ``tnsim --help``: plain text (argparse prints it as is).
@@ -78,7 +83,7 @@ def _check_baseline_inputs(paths, models, measure: str) -> None:
     """Baselines run forward passes: a checkpoint holding a compiled network cannot serve."""
     from .ir import Network
 
-    if measure in ("tensor", "gaussian"):
+    if measure in ENGINE_MEASURES:
         return
     for p, m in zip(paths, models):
         if isinstance(m, Network):
@@ -104,13 +109,15 @@ def _options(args, models) -> dict:
     opts: dict = {}
     if args.outputs:
         opts["outputs"] = args.outputs
-    if m in ("tensor", "gaussian"):
+    if m in ENGINE_MEASURES:
         if getattr(args, "method", None):
             opts["method"] = args.method
-        if m == "gaussian" and args.centred:
+        if m in ("product", "categorical"):
+            opts["measure"] = _measure_object(args, models)
+        elif m == "gaussian" and args.centred:
             opts["centred"] = True
         elif args.centred:
-            raise CliError("--centred applies to the gaussian, output and monte_carlo measures")
+            raise CliError("--centred applies to the gaussian, product, categorical, output and monte_carlo measures")
         return opts
     data = _data(args.data, models)
     if data is not None:
@@ -144,14 +151,40 @@ def _options(args, models) -> dict:
     raise CliError(f"unknown measure {m!r}")
 
 
+def _floats(values, flag: str) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _measure_object(args, models):
+    """The product or categorical measure the flags describe (fitted to --data, or given by
+    --values / --probs)."""
+    values, probs = getattr(args, "values", None), getattr(args, "probs", None)
+    centred = bool(args.centred)
+    if args.measure == "product":
+        if values is not None:
+            return ProductMeasure(values=_floats(values, "--values"),
+                                  probs=None if probs is None else _floats(probs, "--probs"), centred=centred)
+        data = _data(getattr(args, "data", None), models)
+        if data is None:
+            raise CliError("the product measure needs --data NAME (fitted per coordinate) or --values V ...")
+        return ProductMeasure.fit(data.to(torch.float64), centred=centred)
+    if probs is None:
+        raise CliError("the categorical measure needs --probs P ... (token probabilities)")
+    return CategoricalMeasure(_floats(probs, "--probs"), centred=centred)
+
+
 def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     p.add_argument(
         "--measure",
         default=DEFAULT_MEASURE,
         choices=MEASURES,
-        help="gaussian (default, as tnsim.similarity), tensor, or a baseline: matrix, output, "
-        "cka, monte_carlo",
+        help="gaussian (default, as tnsim.similarity), tensor, product (independent coordinates: "
+        "--data to fit, or --values/--probs), categorical (one-hot tokens: --probs), or a "
+        "baseline: matrix, output, cka, monte_carlo",
     )
+    p.add_argument("--values", nargs="+", metavar="V", help="product measure: finite support of each coordinate")
+    p.add_argument("--probs", nargs="+", metavar="P",
+                   help="product measure: probabilities of --values; categorical: token probabilities")
     p.add_argument(
         "--outputs",
         type=int,
@@ -269,8 +302,8 @@ def _similarity(models, args):
 
     opts = _options(args, models)
     a, b = models
-    if args.measure in ("tensor", "gaussian"):
-        c = compare(a, b, measure=args.measure, **opts)
+    if args.measure in ENGINE_MEASURES:
+        c = compare(a, b, **{"measure": args.measure, **opts})
         return {
             "similarity": c.value,
             "measure": c.measure,
@@ -339,12 +372,12 @@ def _matrix(args, models):
     from . import baselines, similarity_matrix
 
     opts = _options(args, models)
-    if args.measure in ("tensor", "gaussian"):
+    if args.measure in ENGINE_MEASURES:
         return similarity_matrix(
-            models, measure=args.measure, progress=not args.no_progress, results=args.results, **opts
+            models, progress=not args.no_progress, results=args.results, **{"measure": args.measure, **opts}
         )
     if args.results is not None:
-        raise CliError(f"--results applies to the tensor and gaussian measures, not {args.measure}")
+        raise CliError(f"--results applies to the engine's measures ({', '.join(ENGINE_MEASURES)}), not {args.measure}")
     return baselines.matrix(args.measure, models, **opts)
 
 
@@ -419,13 +452,16 @@ def cmd_cost(args) -> int:
         kw["outputs"] = args.outputs
     if args.method:
         kw["method"] = args.method
-    if args.centred:
+    if args.measure in ("product", "categorical"):
+        kw["measure"] = _measure_object(args, models)
+    elif args.centred:
         kw["centred"] = True
     c = cost(*models, **kw)
     print(
         f"method {c.method}, measure {c.measure}: {c.contractions} contraction(s), {c.flops:.3g} flops, "
         f"largest intermediate {c.largest_intermediate:.3g} elements "
         f"({c.largest_intermediate_bytes / 2**20:.3g} MiB), width {c.width:.1f}"
+        + (" (estimated from a sample of planned contractions)" if c.estimated else "")
     )
     return 0
 
@@ -486,9 +522,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("a", help="first checkpoint")
     k.add_argument("b", help="second checkpoint")
     k.add_argument(
-        "--measure", default=DEFAULT_MEASURE, choices=("tensor", "gaussian"),
-        help="gaussian (default) or tensor",
+        "--measure", default=DEFAULT_MEASURE, choices=ENGINE_MEASURES,
+        help="gaussian (default), tensor, product or categorical",
     )
+    k.add_argument("--values", nargs="+", metavar="V", help="product measure: finite support")
+    k.add_argument("--probs", nargs="+", metavar="P", help="product: probabilities of --values; categorical: token probabilities")
+    k.add_argument("--data", help="product measure: fit to this data set ('digits')")
     k.add_argument(
         "--outputs", type=int, nargs="+", metavar="K", help="cost of comparing only these outputs"
     )
