@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import _caches
+from ..progress import bar
 from .._memory import check_allocation, memory_limit, slice_overhead
 from ..doubled import Equation, Side, build_equation, gather, live_pairings
 from ..errors import UnaffordableError
@@ -238,7 +238,7 @@ def contract_pairings(
         return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, _DRY.get()[1])
     total = None
     if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get() and not _DRY.get():
-        reps = tqdm(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
+        reps = bar(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
     for rep, size, blocks in reps:
         con = planned(sides, kernel, open_outputs, rep, blocks)
         if stats is not None:
