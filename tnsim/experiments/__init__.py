@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-NAMES = ("backdoor", "forgetting", "grokking", "distributions")
+NAMES = ("backdoor", "forgetting", "grokking", "distributions", "crosslayer", "symmetries")
 
 __all__ = ["NAMES", "get", "run"]
 
