@@ -98,8 +98,9 @@ def test_quick_run_finds_who_is_right(quick):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(data) < 300_000, f
         assert f"]({f})" in (out / "report.md").read_text()
     rows = {r["pair"]: r for r in res["summary"]["pairs"]}
-    for r in rows.values():  # the exact method is right on every pair, for both measures
-        assert r["tensor exact agrees"] and r["gaussian exact agrees"], r["pair"]
+    for r in rows.values():  # the exact method is right on every pair it ran on
+        assert r["tensor exact agrees"] and r["gaussian exact agrees"] in (True, None), r["pair"]
+    assert sum(r["gaussian exact agrees"] is True for r in rows.values()) >= 3
     moved = rows["blocks' jobs swapped (2 blocks)"]
     assert not moved["tensor recursive agrees"] and moved["tensor recursive"] < 0.95
     assert not rows["perturbed where read (2 layers)"]["tensor recursive agrees"]

@@ -8,7 +8,13 @@ is ``"quick"`` (tiny, seconds: for tests) or ``"full"`` (the numbers in docs/res
 * ``backdoor`` — a trigger inserted by fine-tuning on poisoned digits;
 * ``forgetting`` — classes added in stages, one removed and added back;
 * ``grokking`` — modular addition, memorisation then generalisation, Fourier frequencies;
-* ``distributions`` — weight-based similarity vs output cosine under nine input distributions.
+* ``distributions`` — weight-based similarity vs output cosine under nine input distributions;
+* ``crosslayer`` — deep models built to separate composed from per-layer comparisons, judged by
+  Monte Carlo, and deep models trained from several seeds;
+* ``symmetries`` — a trained model against copies transformed by weight-space symmetries.
+
+(``deep`` holds the helpers of the last two: stacks, function-preserving transformations,
+per-layer comparisons and Monte Carlo estimates of both measures.)
 """
 
 from __future__ import annotations
