@@ -1,10 +1,9 @@
 """Cross-layer experiment: the constructed pairs are what they claim to be, the Monte Carlo
 ground truths are right, and the quick run finds what the report says."""
 
-import json
-
 import pytest
 import torch
+from test_experiments import check_outputs  # the checks every experiment's output passes
 
 import tnsim
 from tnsim.experiments import crosslayer as X
@@ -33,10 +32,16 @@ def test_same_function_pairs_compute_the_same_function(pairs, rng):
 
 
 def test_read_and_unread_perturbations_have_equal_per_layer_statistics(pairs):
-    unread, read = pairs["perturbed where unread (2 layers)"], pairs["perturbed where read (2 layers)"]
+    unread, read = (
+        pairs["perturbed where unread (2 layers)"],
+        pairs["perturbed where read (2 layers)"],
+    )
     assert unread.a is read.a
     for measure in ("tensor", "gaussian"):
-        pu, pr = deep.per_layer(unread.a, unread.b, measure), deep.per_layer(read.a, read.b, measure)
+        pu, pr = (
+            deep.per_layer(unread.a, unread.b, measure),
+            deep.per_layer(read.a, read.b, measure),
+        )
         assert pu == pytest.approx(pr, abs=1e-12)
         assert min(pu) < 0.99  # the perturbation is visible in layer 1
     mu = tnsim.baselines.matrix_cosine(unread.a, unread.b, per_matrix=True)
@@ -54,6 +59,7 @@ def test_work_moved_blocks_really_swap_jobs(pairs):
 def test_tensor_monte_carlo_is_the_tensor_similarity(rng):
     """The complex-Gaussian (Fischer) expectation reproduces the exact tensor similarity of
     a random residual pair with biases (padded, mixed degree), within 4 standard errors."""
+
     def model():
         m = deep.residual_stack(3, 4, 3, 2, 2).double()
         for lin in (m[0], m[-1]):
@@ -87,16 +93,12 @@ def test_change_basis_errors_name_the_argument(rng):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("crosslayer")
-    res = X.run(out, mode="quick", progress=False, log=lambda _: None)
-    return out, res, json.loads((out / "results.json").read_text())
+    return out, X.run(out, mode="quick", progress=False, log=lambda _: None)
 
 
 def test_quick_run_finds_who_is_right(quick):
-    out, res, results = quick
-    for f in ("pairs.png", "heatmaps_depth2.png"):
-        data = (out / f).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(data) < 300_000, f
-        assert f"]({f})" in (out / "report.md").read_text()
+    out, res = quick
+    check_outputs(out, ["pairs.png", "heatmaps_depth2.png"])
     rows = {r["pair"]: r for r in res["summary"]["pairs"]}
     for r in rows.values():  # the exact method is right on every pair it ran on
         assert r["tensor exact agrees"] and r["gaussian exact agrees"] in (True, None), r["pair"]
@@ -104,14 +106,17 @@ def test_quick_run_finds_who_is_right(quick):
     moved = rows["blocks' jobs swapped (2 blocks)"]
     assert not moved["tensor recursive agrees"] and moved["tensor recursive"] < 0.95
     # per-layer statistics cannot tell the read from the unread perturbation; composed can
-    read, unread = rows["perturbed where read (2 layers)"], rows["perturbed where unread (2 layers)"]
+    read, unread = (
+        rows["perturbed where read (2 layers)"],
+        rows["perturbed where unread (2 layers)"],
+    )
     assert read["per-layer tensor (mean)"] == pytest.approx(unread["per-layer tensor (mean)"])
     assert unread["tensor exact"] > 0.999
     assert read["tensor exact"] < read["per-layer tensor (mean)"] - 0.05
 
 
 def test_quick_training_per_layer_misses_what_seeds_share(quick):
-    _, res, _ = quick
+    _, res = quick
     s = res["summary"]["training"][2]
     m = {r["metric"]: r for r in s["metrics"]}
     composed, layers = m["composed tensor (exact)"], m["per-layer tensor (mean over layers)"]

@@ -1,5 +1,4 @@
-r"""Cross-layer: when do composed (exact, recursive) and per-layer comparisons of deep models
-disagree, and who is right?
+r"""Cross-layer: deep models where composed and per-layer comparisons disagree, and who is right.
 
 Part 1 — constructed pairs of 2- and 3-layer models, built to separate the metrics:
 
@@ -29,6 +28,7 @@ similarity, unchanged).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +38,6 @@ from .. import compare, similarity_matrix
 from .. import data as D
 from ..baselines import matrix_cosine, matrix_cosine_matrix
 from ..contract import quiet
-from ..nn import Bilinear
 from . import common as C
 from . import deep
 
@@ -126,7 +125,12 @@ def stream_rotation(cfg, depth: int, g: torch.Generator) -> Pair:
     a = _residual(cfg, depth, g)
     b = deep.change_basis(a, deep.random_orthogonal(a[0].out_features, g), 0, len(a) - 1)
     return Pair(
-        f"residual stream rotated ({depth} blocks)", "same function", depth, a, b, True,
+        f"residual stream rotated ({depth} blocks)",
+        "same function",
+        depth,
+        a,
+        b,
+        True,
         exact_gaussian=cfg["exact_gaussian_residual"],
         note="every layer's weights change; the function does not",
     )
@@ -140,7 +144,12 @@ def gauge(cfg, depth: int, g: torch.Generator) -> Pair:
     for bond in range(depth - 1):
         b = deep.change_basis(b, -deep.random_invertible(cfg["stream"], g, 0.5), bond, bond + 1)
     return Pair(
-        f"gauge between layers ({depth} layers)", "same function", depth, a, b, True,
+        f"gauge between layers ({depth} layers)",
+        "same function",
+        depth,
+        a,
+        b,
+        True,
         note="layer l writes M_l y, layer l+1 reads it through M_l^-1",
     )
 
@@ -160,7 +169,12 @@ def work_moved(cfg, depth: int, g: torch.Generator) -> Pair:
             blk.down.weight[:d_in] = 0  # ... write only the other part
     b = _shift_blocks(a)
     return Pair(
-        f"blocks' jobs swapped ({depth} blocks)", "same function", depth, a, b, True,
+        f"blocks' jobs swapped ({depth} blocks)",
+        "same function",
+        depth,
+        a,
+        b,
+        True,
         exact_gaussian=cfg["exact_gaussian_residual"],
         note="block l of b is block l+1 of a: same sum of parallel blocks",
     )
@@ -177,8 +191,9 @@ def _shift_blocks(a: torch.nn.Sequential) -> torch.nn.Sequential:
 def unread_directions(cfg, depth: int, g: torch.Generator) -> tuple[Pair, Pair]:
     r"""Three pure stacks whose layer 1 writes :math:`[D_0; D_0]` (a), :math:`[D_0; G]` (b),
     :math:`[G; D_0]` (c) to a bond of width :math:`2m`, of which layer 2 reads only the first
-    :math:`m` coordinates; :math:`G` is :math:`D_0` plus Gaussian noise (:data:`PERTURBATION`). The pairs (a, b) and (a, c) have equal per-layer statistics; (a, b)
-    compute the same function, (a, c) do not."""
+    :math:`m` coordinates; :math:`G` is :math:`D_0` plus Gaussian noise (:data:`PERTURBATION`).
+    The pairs (a, b) and (a, c) have equal per-layer statistics; (a, b) compute the same
+    function, (a, c) do not."""
     m = cfg["stream"] // 2
     a = _pure(cfg, depth, g)
     layer1, layer2 = a[0], a[1]
@@ -191,10 +206,24 @@ def unread_directions(cfg, depth: int, g: torch.Generator) -> tuple[Pair, Pair]:
     b, c = _with_down(a, torch.cat([d0, other])), _with_down(a, torch.cat([other, d0]))
     note = "layer 2 reads half of layer 1's output; b and c differ from a in opposite halves"
     return (
-        Pair(f"perturbed where unread ({depth} layers)", "same per-layer statistics", depth, a, b,
-             True, note=note),
-        Pair(f"perturbed where read ({depth} layers)", "same per-layer statistics", depth, a, c,
-             False, note=note),
+        Pair(
+            f"perturbed where unread ({depth} layers)",
+            "same per-layer statistics",
+            depth,
+            a,
+            b,
+            True,
+            note=note,
+        ),
+        Pair(
+            f"perturbed where read ({depth} layers)",
+            "same per-layer statistics",
+            depth,
+            a,
+            c,
+            False,
+            note=note,
+        ),
     )
 
 
@@ -220,10 +249,10 @@ def pairs(cfg) -> list[Pair]:
 def _agrees(value: float, est) -> bool | None:
     """Whether ``value`` is within :data:`Z_OK` standard errors of the Monte Carlo estimate
     (to 1e-6 where the estimate is exact because the two models' outputs are identical)."""
-    if value != value:  # not computed
+    if math.isnan(value):  # not computed
         return None
     z = deep.standard_errors(value, est)
-    return abs(value - est.value) < 1e-6 if z != z else abs(z) <= Z_OK
+    return abs(value - est.value) < 1e-6 if math.isnan(z) else abs(z) <= Z_OK
 
 
 def compare_pair(p: Pair, cfg, seed: int = 0) -> dict:
@@ -246,7 +275,9 @@ def compare_pair(p: Pair, cfg, seed: int = 0) -> dict:
         row[f"{measure} MC"], row[f"{measure} MC stderr"] = est.value, est.stderr
         for method in ("exact", "recursive"):
             skip = measure == "gaussian" and method == "exact" and not p.exact_gaussian
-            value = float("nan") if skip else compare(p.a, p.b, measure=measure, method=method).value
+            value = (
+                float("nan") if skip else compare(p.a, p.b, measure=measure, method=method).value
+            )
             row[f"{measure} {method}"] = value
             row[f"{measure} {method} z"] = deep.standard_errors(value, est)
             row[f"{measure} {method} agrees"] = _agrees(value, est)
@@ -265,13 +296,23 @@ def train(
     model = deep.pure_stack([64, *[stream] * (depth - 1), 10], hidden)
 
     def evaluate(m):
-        return {"train_accuracy": C.accuracy(m, split.train), "test_accuracy": C.accuracy(m, split.test)}
+        return {
+            "train_accuracy": C.accuracy(m, split.train),
+            "test_accuracy": C.accuracy(m, split.test),
+        }
 
     t = C.Trainer(
-        model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed,
-        batch_size=cfg["batch"], evaluate=evaluate, progress=progress,
+        model,
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        seed=seed,
+        batch_size=cfg["batch"],
+        evaluate=evaluate,
+        progress=progress,
     )
-    t.stage("training", split.train, cfg["steps"], cfg["every"], desc=f"seed {seed}: {depth} layers")
+    t.stage(
+        "training", split.train, cfg["steps"], cfg["every"], desc=f"seed {seed}: {depth} layers"
+    )
     return t.traj
 
 
@@ -326,8 +367,12 @@ def alignment(finals: list, x: torch.Tensor) -> dict:
                 "per-layer before": sum(before) / len(before),
                 "per-layer after alignment": sum(after) / len(after),
                 "composed before": compare(ref, m, measure="tensor", method="exact").value,
-                "composed after alignment": compare(ref.double(), al, measure="tensor", method="exact").value,
-                "output difference after alignment": deep.max_output_difference(m.double(), al, x.double()),
+                "composed after alignment": compare(
+                    ref.double(), al, measure="tensor", method="exact"
+                ).value,
+                "output difference after alignment": deep.max_output_difference(
+                    m.double(), al, x.double()
+                ),
             }
         )
     return {"rows": rows, **{k: _mean(rows, k) for k in rows[0] if k != "seed pair"}}
@@ -354,9 +399,21 @@ def mc_checks(trajs: dict, cfg, depth: int) -> list[dict]:
     """Exact and recursive against Monte Carlo on two training pairs per depth: seed 0's first
     vs last checkpoint, and the last checkpoints of the first two seeds."""
     seeds = list(trajs)
-    picks = [("first vs last (seed %d)" % seeds[0], trajs[seeds[0]].models[0], trajs[seeds[0]].models[-1])]
+    picks = [
+        (
+            f"first vs last (seed {seeds[0]})",
+            trajs[seeds[0]].models[0],
+            trajs[seeds[0]].models[-1],
+        )
+    ]
     if len(seeds) > 1:
-        picks.append((f"final, seed {seeds[0]} vs {seeds[1]}", trajs[seeds[0]].models[-1], trajs[seeds[1]].models[-1]))
+        picks.append(
+            (
+                f"final, seed {seeds[0]} vs {seeds[1]}",
+                trajs[seeds[0]].models[-1],
+                trajs[seeds[1]].models[-1],
+            )
+        )
     rows = []
     for label, a, b in picks:
         a, b = copy.deepcopy(a).double(), copy.deepcopy(b).double()
@@ -364,7 +421,9 @@ def mc_checks(trajs: dict, cfg, depth: int) -> list[dict]:
         for measure, mc in (("tensor", deep.tensor_mc), ("gaussian", deep.gaussian_mc)):
             est = mc(a, b, n=cfg["train_mc_samples"])
             row[f"{measure} MC"], row[f"{measure} MC stderr"] = est.value, est.stderr
-            methods = ("exact", "recursive") if measure == "tensor" or depth <= 2 else ("recursive",)
+            methods = (
+                ("exact", "recursive") if measure == "tensor" or depth <= 2 else ("recursive",)
+            )
             for method in methods:
                 value = compare(a, b, measure=measure, method=method).value
                 row[f"{measure} {method}"] = value
@@ -399,7 +458,8 @@ def run(
     summary = {"pairs": rows, "training": {d: t["summary"] for d, t in training.items()}}
     res.results.update(summary=summary)
     res.results["records"] = {
-        f"depth{d}": {str(s): tr.records for s, tr in t["trajs"].items()} for d, t in training.items()
+        f"depth{d}": {str(s): tr.records for s, tr in t["trajs"].items()}
+        for d, t in training.items()
     }
     res.matrices = {f"depth {d}: {k}": v for d, t in training.items() for k, v in t["mats"].items()}
     res.table("pairs.csv", rows)
@@ -417,9 +477,16 @@ def training_part(res, cfg, shape: tuple, split: D.Split, progress: bool, log) -
     depth, stream, hidden = shape
     trajs = {
         s: C.trajectory(
-            res, cfg, IDENTITY, s,
-            lambda s: train(s, cfg, depth, stream, hidden, split, progress), log=log,
-            folder=f"depth{depth}/seed{s}", depth=depth, stream=stream, hidden=hidden,
+            res,
+            cfg,
+            IDENTITY,
+            s,
+            lambda s: train(s, cfg, depth, stream, hidden, split, progress),
+            log=log,
+            folder=f"depth{depth}/seed{s}",
+            depth=depth,
+            stream=stream,
+            hidden=hidden,
         )
         for s in cfg["seeds"]
     }
@@ -440,7 +507,9 @@ def training_part(res, cfg, shape: tuple, split: D.Split, progress: bool, log) -
             mats["composed tensor (exact)"], mats["per-layer tensor (mean over layers)"], phases
         ),
     }
-    summary["model"] = f"64 → {' → '.join([str(stream)] * (depth - 1))} → 10, {hidden} hidden units per layer"
+    summary["model"] = (
+        f"64 → {' → '.join([str(stream)] * (depth - 1))} → 10, {hidden} hidden units per layer"
+    )
     return {"trajs": trajs, "mats": mats, "phases": phases, "summary": summary}
 
 
@@ -483,15 +552,28 @@ def pairs_figure(rows: list[dict]):
             off = (k - (len(series) - 1) / 2) * 0.12
             vals = [r[col] for r in rows]
             err = [3 * r[col + " stderr"] for r in rows] if col.endswith("MC") else None
-            ax.errorbar(vals, [y + off for y in ys], xerr=err, fmt=marker, ms=5, label=label,
-                        capsize=2, lw=0.8, mfc="none" if marker != "x" else None)
+            ax.errorbar(
+                vals,
+                [y + off for y in ys],
+                xerr=err,
+                fmt=marker,
+                ms=5,
+                label=label,
+                capsize=2,
+                lw=0.8,
+                mfc="none" if marker != "x" else None,
+            )
         ax.axvline(1, color="grey", lw=0.5, ls=":")
         ax.set_xlim(-1.05, 1.05)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("similarity of the pair", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5, loc="lower left")
-    axes[0].set_yticks(ys, [f"{r['pair']}\n[{'same' if r['same function'] else 'different'} function]" for r in rows], fontsize=7)
+    axes[0].set_yticks(
+        ys,
+        [f"{r['pair']}\n[{'same' if r['same function'] else 'different'} function]" for r in rows],
+        fontsize=7,
+    )
     fig.suptitle(
         "Constructed pairs of deep models: per-layer and composed similarities vs Monte Carlo",
         fontsize=10,
@@ -500,7 +582,6 @@ def pairs_figure(rows: list[dict]):
 
 
 def figures(res, rows, training, cfg) -> None:
-    from .. import plot
 
     res.figure(
         pairs_figure(rows),
@@ -533,7 +614,7 @@ def training_heatmaps(t: dict, depth: int, cfg):
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (name, m) in zip(axes, mats.items()):
         plot.heatmap(ax, m, phases=t["phases"], title=name, vmin=0.0, vmax=1.0)
-    for ax in axes[len(mats):]:
+    for ax in axes[len(mats) :]:
         ax.set_visible(False)
     fig.suptitle(
         f"{depth}-layer bilinear stacks on digits: checkpoints of {len(t['trajs'])} seeds "
@@ -549,7 +630,7 @@ def _verdict(row, measure: str, method: str) -> str:
         return "not run"
     z = row[f"{measure} {method} z"]
     error = row[f"{measure} {method}"] - row[f"{measure} MC"]
-    zs = f"error {error:+.1e}, outputs identical" if z != z else f"{z:+.1f} s.e."
+    zs = f"error {error:+.1e}, outputs identical" if math.isnan(z) else f"{z:+.1f} s.e."
     return f"{'right' if ok else 'WRONG'} ({zs})"
 
 
@@ -621,6 +702,10 @@ def report_md(rows, training, cfg) -> str:
                 f"tensor similarity {al['per-layer before']:.3f} → {al['per-layer after alignment']:.3f}, "
                 f"composed {al['composed before']:.4f} → {al['composed after alignment']:.4f}.",
             ]
-        lines += ["", "Exact and recursive against Monte Carlo on training pairs:", "",
-                  C.markdown_table(s["monte_carlo"], digits=4)]
+        lines += [
+            "",
+            "Exact and recursive against Monte Carlo on training pairs:",
+            "",
+            C.markdown_table(s["monte_carlo"], digits=4),
+        ]
     return "\n".join(lines)

@@ -41,30 +41,31 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .. import baselines, compile as compile_network, similarity
+from .. import baselines, similarity
+from .. import compile as compile_network
 from ..errors import ShapeMismatchError, StructureError
 from ..nn import Bilinear, Linear
 
 __all__ = [
-    "pure_stack",
-    "residual_stack",
-    "randomise",
-    "permute_hidden",
-    "rescale_hidden",
-    "swap_left_right",
     "change_basis",
-    "random_orthogonal",
-    "random_invertible",
-    "per_layer",
-    "parameter_cosine",
     "gaussian_mc",
-    "tensor_mc",
-    "standard_errors",
     "max_output_difference",
+    "parameter_cosine",
+    "per_layer",
+    "permute_hidden",
+    "pure_stack",
+    "random_invertible",
+    "random_orthogonal",
+    "randomise",
+    "rescale_hidden",
+    "residual_stack",
+    "standard_errors",
+    "swap_left_right",
+    "tensor_mc",
 ]
 
 
@@ -255,8 +256,10 @@ def random_invertible(d: int, generator: torch.Generator, spread: float = 0.5) -
     r""":math:`Q_1\,\mathrm{diag}(e^{\mathrm{spread}\,g})\,Q_2`: random orthogonal factors and
     log-normal singular values (condition number about :math:`e^{4\,\mathrm{spread}}`)."""
     g = torch.randn(d, generator=generator, dtype=torch.float64)
-    return random_orthogonal(d, generator) @ torch.diag(torch.exp(spread * g)) @ random_orthogonal(
-        d, generator
+    return (
+        random_orthogonal(d, generator)
+        @ torch.diag(torch.exp(spread * g))
+        @ random_orthogonal(d, generator)
     )
 
 

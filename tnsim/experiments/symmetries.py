@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from .. import data as D
+from .. import similarity
 from ..baselines import cka, matrix_cosine, output_cosine
 from ..contract import quiet
-from .. import similarity
 from . import common as C
 from . import crosslayer, deep
 
@@ -32,12 +32,26 @@ IDENTITY = {"experiment": NAME, "model": "pure bilinear stack 64 -> stream -> 10
 
 MODES = {
     "quick": dict(
-        seeds=[0, 1], stream=8, hidden=16, steps=300, every=300, batch=128, lr=5e-3,
-        weight_decay=0.05, spread=1.0,
+        seeds=[0, 1],
+        stream=8,
+        hidden=16,
+        steps=300,
+        every=300,
+        batch=128,
+        lr=5e-3,
+        weight_decay=0.05,
+        spread=1.0,
     ),
     "full": dict(
-        seeds=[0, 1], stream=16, hidden=32, steps=2000, every=2000, batch=128,
-        lr=3e-3, weight_decay=0.05, spread=1.0,
+        seeds=[0, 1],
+        stream=16,
+        hidden=32,
+        steps=2000,
+        every=2000,
+        batch=128,
+        lr=3e-3,
+        weight_decay=0.05,
+        spread=1.0,
     ),
 }
 
@@ -106,9 +120,17 @@ def run(
     with C.threads(threads), quiet():
         models = [
             C.trajectory(
-                res, cfg, IDENTITY, s, lambda s: crosslayer.train(s, cfg, 2, cfg["stream"], cfg["hidden"], split, progress),
+                res,
+                cfg,
+                IDENTITY,
+                s,
+                lambda s: crosslayer.train(
+                    s, cfg, 2, cfg["stream"], cfg["hidden"], split, progress
+                ),
                 log=log,
-            ).models[-1].double()
+            )
+            .models[-1]
+            .double()
             for s in cfg["seeds"][:2]
         ]
         model, other = models
@@ -119,7 +141,9 @@ def run(
             rows.append(
                 {
                     "copy": label,
-                    "max output difference (random inputs)": deep.max_output_difference(model, copy_, xs),
+                    "max output difference (random inputs)": deep.max_output_difference(
+                        model, copy_, xs
+                    ),
                     "max output difference (test digits)": deep.max_output_difference(
                         model, copy_, split.test.x.double()
                     ),
