@@ -12,13 +12,19 @@ is ``"quick"`` (tiny, seconds: for tests) or ``"full"`` (the numbers in docs/res
   for bilinear models learning the index of the second-largest input;
 * ``distributions_teacher`` — a variant: students of a random teacher, trained on a mixture;
 * ``lm`` — a character-level bilinear-attention language model: n-gram phases, similarity maps.
+* ``crosslayer`` — deep models built to separate composed from per-layer comparisons, judged by
+  Monte Carlo, and deep models trained from several seeds;
+* ``symmetries`` — a trained model against copies transformed by weight-space symmetries.
+
+(``deep`` holds the helpers of the last two: stacks, function-preserving transformations,
+per-layer comparisons and Monte Carlo estimates of both measures.)
 """
 
 from __future__ import annotations
 
 import importlib
 
-NAMES = ("backdoor", "forgetting", "grokking", "distributions", "distributions_teacher", "lm")
+NAMES = ('backdoor', 'forgetting', 'grokking', 'distributions', 'distributions_teacher', 'lm', 'crosslayer', 'symmetries')
 
 __all__ = ["NAMES", "get", "run"]
 
