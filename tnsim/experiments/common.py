@@ -237,9 +237,38 @@ class Trainer:
             rec = self.evaluate(self.model)
         self.traj.add(self.model, step=self.step, phase=phase, **rec)
 
-    def stage(self, name: str, data: Dataset, steps: int, every, desc: str | None = None) -> None:
+    def snapshot(self) -> dict:
+        """Everything training depends on (weights, optimizer, batch generator, step count), so
+        that :meth:`restore` can start several branches from the same point."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "gen": self.gen.get_state(),
+            "step": self.step,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Return to a :meth:`snapshot` (the trajectory recorded so far is kept)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.step = state["step"]
+
+    def stage(
+        self,
+        name: str,
+        data: Dataset,
+        steps: int,
+        every,
+        desc: str | None = None,
+        penalty: Callable[[torch.nn.Module, torch.Tensor | None], torch.Tensor] | None = None,
+    ) -> None:
         """Train ``steps`` steps on ``data``; checkpoint every ``every`` steps, or at the steps
-        (counted within the stage, 1-based) listed in ``every``."""
+        (counted within the stage, 1-based) listed in ``every``.
+
+        ``penalty(model, idx)`` is added to the cross-entropy of each batch; ``idx`` are the
+        indices of the batch's examples in ``data`` (``None`` for a full batch).
+        """
         if len(data) == 0:
             raise ValueError(f"stage {name!r} has no training data")
         marks = set(range(every, steps + 1, every)) if isinstance(every, int) else set(every)
@@ -247,11 +276,13 @@ class Trainer:
         self.model.train()
         for s in bar(range(steps), desc=desc or name, enabled=self.progress, unit="step"):
             if self.batch_size is None or self.batch_size >= len(data):
-                x, y = data.x, data.y
+                idx, x, y = None, data.x, data.y
             else:
                 idx = torch.randint(0, len(data), (self.batch_size,), generator=self.gen)
                 x, y = data.x[idx], data.y[idx]
             loss = torch.nn.functional.cross_entropy(self.model(x), y)
+            if penalty is not None:
+                loss = loss + penalty(self.model, idx)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -346,10 +377,16 @@ def block_mean(m: torch.Tensor, rows: Sequence[int], cols: Sequence[int]) -> flo
 def contrast(m: torch.Tensor, ref: Sequence[int], post: Sequence[int]) -> dict[str, float]:
     r"""How much a block of checkpoints ``post`` stands apart from a block ``ref``.
 
-    ``delta`` :math:`= \tfrac12(\bar s_{RR} + \bar s_{PP}) - \bar s_{RP}` (mean similarity
-    within the blocks minus across them, diagonals excluded); ``separation``
-    :math:`= (1-\bar s_{RP}) / (1 - \tfrac12(\bar s_{RR}+\bar s_{PP}))`: how many times more
-    dissimilar checkpoints are across the boundary than inside the blocks (scale-free).
+    Two definitions of the contrast Δ (diagonals excluded from the within-block means):
+
+    * ``delta`` :math:`= \tfrac12(\bar s_{RR} + \bar s_{PP}) - \bar s_{RP}` (mean within both
+      blocks minus across them: symmetric in the two blocks);
+    * ``delta_paper`` :math:`= \bar s_{PP} - \bar s_{RP}` (the paper's: mean within the later
+      block minus across).
+
+    ``separation`` :math:`= (1-\bar s_{RP}) / (1 - \tfrac12(\bar s_{RR}+\bar s_{PP}))`: how
+    many times more dissimilar checkpoints are across the boundary than inside the blocks
+    (scale-free).
     """
     w_r, w_p, x = block_mean(m, ref, ref), block_mean(m, post, post), block_mean(m, ref, post)
     within = 0.5 * (w_r + w_p)
@@ -359,8 +396,33 @@ def contrast(m: torch.Tensor, ref: Sequence[int], post: Sequence[int]) -> dict[s
         "within_post": w_p,
         "cross": x,
         "delta": within - x,
+        "delta_paper": w_p - x,
         "separation": sep,
     }
+
+
+#: The sentence every contrast table's report uses to define its columns.
+CONTRAST_DEFINITIONS = (
+    "Δ = ½(mean within the reference block R + mean within the later block P) − mean across R×P; "
+    "Δ_paper = mean within P − mean across R×P (the paper's definition); separation = "
+    "(1 − across)/(1 − ½(within R + within P)), scale-free. Diagonals are left out of the "
+    "within-block means."
+)
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values]
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def pm(values: Iterable[float], digits: int = 3) -> str:
+    """``"mean ± sd"`` of ``values`` as text."""
+    m, s = mean_sd(values)
+    return f"{fmt(m, digits)} ± {fmt(s, digits)}"
 
 
 def flag(values: Mapping, ratio: float = 1.5) -> dict:
