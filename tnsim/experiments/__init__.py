@@ -8,14 +8,16 @@ is ``"quick"`` (tiny, seconds: for tests) or ``"full"`` (the numbers in docs/res
 * ``backdoor`` — a trigger inserted by fine-tuning on poisoned digits;
 * ``forgetting`` — classes added in stages, one removed and added back;
 * ``grokking`` — modular addition, memorisation then generalisation, Fourier frequencies;
-* ``distributions`` — weight-based similarity vs output cosine under nine input distributions.
+* ``distributions`` — weight-based similarity vs output cosine under nine input distributions;
+* ``diffing`` — difference networks (fine-tuned − base): the same class added twice vs different
+  classes.
 """
 
 from __future__ import annotations
 
 import importlib
 
-NAMES = ("backdoor", "forgetting", "grokking", "distributions")
+NAMES = ("backdoor", "forgetting", "grokking", "distributions", "diffing")
 
 __all__ = ["NAMES", "get", "run"]
 
