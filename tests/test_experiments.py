@@ -154,6 +154,31 @@ def test_forgetting_names_the_forgotten_class(runs):
     ]
 
 
+def test_forgetting_the_papers_way_removes_the_class_from_a_two_layer_model(runs):
+    from tnsim import checkpoints
+
+    out, res, results = runs("forgetting")
+    check_outputs(out, ["deep_training.png", "deep_heatmaps.png", "deep_slices_tensor.png",
+                        "deep_class_contrasts.png"])
+    deep = results["deep"]
+    phases = deep["phases"]["0"]
+    assert [p[0] for p in phases] == ["0-9", "control", "-9"]
+    # a two-layer model, read back from its checkpoint
+    model = checkpoints.load(out / "checkpoints" / "deep" / "seed0" / "ckpt_000.safetensors")
+    assert isinstance(model, torch.nn.Sequential) and len(model) == 2
+    rec = deep["records"]["0"]
+    last = {p[0]: p[2] - 1 for p in phases}
+    assert rec[last["control"]]["acc_9"] > 0.7
+    assert all(r["acc_9"] < 0.05 for r in rec[phases[2][1] :])  # fully removed throughout −9
+    assert sum(rec[last["-9"]][f"acc_{k}"] for k in range(9)) / 9 > 0.7  # the rest still works
+    rows = {r["metric"]: r for r in res["deep"]["rows"]}
+    data_gaussian = experiments.get("forgetting").DATA_GAUSSIAN
+    assert rows[data_gaussian]["named_class"] == 9 and rows[data_gaussian]["names_9"] == "1/1"
+    # both Δ definitions are reported for every boundary
+    quantities = {(r["metric"], r["quantity"]) for r in res["deep"]["stage_contrast"]}
+    assert ("tensor", "delta") in quantities and ("tensor", "delta_paper") in quantities
+
+
 def test_grokking_memorises_then_generalises(runs):
     out, res, results = runs("grokking")
     check_outputs(out, ["training.png", "heatmaps.png", "frequencies.png", "reference.png"])
@@ -191,6 +216,59 @@ def test_distributions_task_is_solved_everywhere_and_gaussian_is_exact(runs):
     for name in ("gaussian", "shifted_gaussian"):
         assert rows[name]["mean_abs_diff_matched"] < 0.01 and rows[name]["pearson_matched"] > 0.99
     assert results["pairs"] == len(results["models"]) * (len(results["models"]) - 1) // 2
+
+
+def test_difference_network_is_the_difference_of_the_functions():
+    import tnsim
+    from tnsim.experiments import diffing
+    from tnsim.nn import Bilinear
+
+    torch.manual_seed(0)
+    a, b, g = (Bilinear(5, 4, 3).double() for _ in range(3))
+    d = diffing.difference(a, b)
+    zero = torch.zeros(5, 5, dtype=torch.float64)
+    for _ in range(3):
+        # the Gaussian measure N(x0, 0) is the point mass at x0: E[f g] = f(x0) · g(x0)
+        x0 = torch.randn(5, dtype=torch.float64)
+        with torch.no_grad():
+            delta, gx = a(x0) - b(x0), g(x0)
+        point = dict(measure="gaussian", mean=x0, cov=zero)
+        assert tnsim.inner(d, g, **point) == pytest.approx(float(delta @ gx), rel=1e-9)
+        for o in range(3):
+            assert tnsim.inner(d, d, outputs=[o], **point) == pytest.approx(float(delta[o] ** 2), rel=1e-9)
+
+    def tensor(m):  # T[o, i, j] = sum_h D[o, h] L[h, i] R[h, j], symmetrised in (i, j)
+        with torch.no_grad():
+            t = torch.einsum("oh,hi,hj->oij", m.down.weight, m.left.weight, m.right.weight)
+        return (t + t.transpose(1, 2)) / 2
+
+    dt, gt = tensor(a) - tensor(b), tensor(g)
+    assert tnsim.inner(d, g, measure="tensor") == pytest.approx(float((dt * gt).sum()), rel=1e-9)
+    w = diffing.weight_difference(a, b)
+    assert torch.equal(w.left.weight, a.left.weight - b.left.weight)
+    assert torch.equal(w.down.weight, a.down.weight - b.down.weight)
+    with pytest.raises(tnsim.errors.ShapeMismatchError, match="difference"):
+        diffing.difference(a, Bilinear(5, 4, 2).double())
+    with pytest.raises(tnsim.errors.ShapeMismatchError, match="weight_difference"):
+        diffing.weight_difference(a, Bilinear(5, 3, 3).double())
+
+
+def test_diffing_same_class_added_twice_gives_similar_differences(runs):
+    out, res, results = runs("diffing")
+    check_outputs(out, ["heatmaps.png", "kinds.png"])
+    acc = {r["model"]: r for r in res["accuracy"]}
+    assert acc["base"]["acc_8"] == 0 and acc["base"]["acc_9"] == 0
+    assert acc["+8"]["acc_8"] > 0.8 and acc["+9"]["acc_9"] > 0.8 and acc["+8"]["acc_9"] == 0
+    rows = {r["metric"]: r for r in res["rows"]}
+    t, mc = rows["tensor"], rows["matrix cosine of ΔW"]
+    assert t["same class, same base"] > t["different class, same base"] + 0.3
+    # across bases (hidden units not aligned) tensor similarity still tells the added class
+    # apart; the weight-difference cosine barely does
+    gap = lambda r: r["same class, other base"] - r["different class, other base"]  # noqa: E731
+    assert gap(t) > 0.15 and gap(t) > 3 * gap(mc)
+    assert t["nearest_neighbour_same_class"] == 1.0
+    sliced = {r["metric"]: r for r in res["slice_rows"]}["tensor"]
+    assert sliced["same class, other base"] > sliced["different class, other base"]
 
 
 def test_trajectories_resume_from_saved_checkpoints(tmp_path):

@@ -192,12 +192,13 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def seed_runs(
     res: "Output", cfg: Mapping, identity: Mapping, train: Callable[[int], Trajectory],
-    analyse: Callable[[Trajectory, int], dict], log=print,
+    analyse: Callable[[Trajectory, int], dict], log=print, folder: str = "seed{}",
 ) -> dict[int, tuple[Trajectory, dict]]:
-    """``{seed: (trajectory, analyse(trajectory, seed))}`` for every seed of ``cfg``."""
+    """``{seed: (trajectory, analyse(trajectory, seed))}`` for every seed of ``cfg``; the
+    checkpoints of a seed live in ``checkpoints/`` + ``folder.format(seed)``."""
     runs = {}
     for seed in cfg["seeds"]:
-        traj = trajectory(res, cfg, identity, seed, train, log=log)
+        traj = trajectory(res, cfg, identity, seed, train, log=log, folder=folder.format(seed))
         runs[seed] = (traj, analyse(traj, seed))
     return runs
 
@@ -309,6 +310,7 @@ def metric_matrix(measure: str, models: Sequence, *, outputs=None, **options) ->
     from .. import baselines, similarity_matrix
 
     if measure in ("tensor", "gaussian"):
+        options = {"progress": False, **options}  # the experiments draw their own bars
         m = similarity_matrix(list(models), measure=measure, outputs=outputs, **options)
     else:
         if outputs is not None:
