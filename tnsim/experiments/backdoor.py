@@ -109,15 +109,10 @@ MODES = {
 
 
 def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[C.Metric]:
-    x = train_x.double()
     return [
         C.Metric("tensor", "tensor"),
         C.Metric("Gaussian N(0,I)", "gaussian"),
-        C.Metric(
-            "Gaussian N(μ,Σ) of clean data",
-            "gaussian",
-            {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)},
-        ),
+        C.data_gaussian("Gaussian N(μ,Σ) of clean data", train_x),
         C.Metric("matrix cosine", "matrix"),
         C.Metric(OUTPUT_COSINE, "output", {"data": test_x}),
         C.Metric("linear CKA (clean test)", "cka", {"data": test_x}, slices=False),
@@ -167,13 +162,21 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     keep = consistency(frozen, split.train.x, cfg["consistency"])
     start = t.snapshot()
-    plan = {"control": (split.train, keep), "invisible": (poisoned, keep), "classic": (poisoned, None)}
+    plan = {
+        "control": (split.train, keep),
+        "invisible": (poisoned, keep),
+        "classic": (poisoned, None),
+    }
     for branch in BRANCHES:
         data, penalty = plan[branch]
         t.restore(start)
         t.stage(
-            branch, data, cfg["finetune_steps"], cfg["every"],
-            desc=f"seed {seed}: {branch} fine-tune", penalty=penalty,
+            branch,
+            data,
+            cfg["finetune_steps"],
+            cfg["every"],
+            desc=f"seed {seed}: {branch} fine-tune",
+            penalty=penalty,
         )
     return t.traj
 
@@ -265,8 +268,12 @@ def run(
     mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
         runs = C.seed_runs(
-            res, cfg, IDENTITY, lambda s: train(s, cfg, split, progress),
-            lambda traj, s: analyse(traj, mets, split.test.x, progress, s), log=log,
+            res,
+            cfg,
+            IDENTITY,
+            lambda s: train(s, cfg, split, progress),
+            lambda traj, s: analyse(traj, mets, split.test.x, progress, s),
+            log=log,
         )
         traj0, an0 = runs[cfg["seeds"][0]]
         check = C.metric_matrix("gaussian", traj0.models, centred=True)
@@ -367,8 +374,10 @@ def summarise(runs: dict, mets: list[C.Metric]) -> dict:
     for branch in BRANCHES:
         for m in mets:
             mine = [_seed_row(runs[s][1], m, branch) for s in seeds]
-            per_seed += [{"fine-tune": branch, "metric": m.label, "seed": s, **r}
-                         for s, r in zip(seeds, mine)]
+            per_seed += [
+                {"fine-tune": branch, "metric": m.label, "seed": s, **r}
+                for s, r in zip(seeds, mine)
+            ]
             rows.append(_summary_row(m, branch, mine, seeds))
             if m.slices:
                 nine.append(_class_nine(runs, m, branch))
@@ -400,7 +409,8 @@ def figures(
         width=7,
     )
     res.figure(
-        fig, "training.png",
+        fig,
+        "training.png",
         "Clean test accuracy and trigger success per checkpoint: clean training, then the control, "
         "invisible and classic fine-tunes (each restarted from the end of clean training).",
     )
@@ -425,19 +435,26 @@ def figures(
     groups = {b: {} for b in BRANCHES}
     for r in summary["rows"]:
         groups[r["fine-tune"]][r["metric"]] = r["delta_late_clean"]
-    fig = plot.bars(
-        groups,
-        ylabel="Δ vs late clean training",
-        title="Whole-model contrast of each fine-tune (mean over seeds): the control is the null",
-        width=8,
+    fig = C.tilt_labels(
+        plot.bars(
+            groups,
+            ylabel="Δ vs late clean training (log scale)",
+            title="Whole-model contrast of each fine-tune (mean over seeds): the control is the null",
+            width=8,
+            height=3.4,
+        ),
+        log=True,
     )
     res.figure(
-        fig, "contrasts.png",
+        fig,
+        "contrasts.png",
         "Contrast Δ of each fine-tune's checkpoints against late clean training, per metric (mean "
         "over seeds). A metric sees a fine-tune when its bar clearly exceeds the control's.",
     )
     f = an["flag"]["tensor"]["invisible"]
-    notes = {f"class {k}": f"Δ={v:.3f}" for k, v in an["class_contrast"]["tensor"]["invisible"].items()}
+    notes = {
+        f"class {k}": f"Δ={v:.3f}" for k, v in an["class_contrast"]["tensor"]["invisible"].items()
+    }
     fig = plot.slice_panels(
         {f"class {k}": m for k, m in an["slices"]["tensor"].items()},
         phases=phases,
@@ -452,18 +469,14 @@ def figures(
         "Per-class tensor-similarity slices; the framed class has the largest contrast for the "
         "invisible fine-tune (found without the trigger).",
     )
-    for branch, filename in (("invisible", "class_contrasts.png"), ("classic", "class_contrasts_classic.png")):
-        groups = {}
-        for m in mets:
-            if m.slices:
-                d = an["class_contrast"][m.label][branch]
-                top = max(d.values()) or 1.0
-                groups[m.label] = {str(k): v / top for k, v in d.items()}
-        fig = plot.bars(
-            groups,
-            highlight=str(TARGET),
-            ylabel="Δ_k / max_k Δ_k",
-            title=f"Per-class slice contrast, {branch} fine-tune vs late clean (seed {seed}), "
+    for branch, filename in (
+        ("invisible", "class_contrasts.png"),
+        ("classic", "class_contrasts_classic.png"),
+    ):
+        fig = C.class_contrast_bars(
+            {m.label: an["class_contrast"][m.label][branch] for m in mets if m.slices},
+            TARGET,
+            f"Per-class slice contrast, {branch} fine-tune vs late clean (seed {seed}), "
             "normalised per metric",
         )
         res.figure(
@@ -479,9 +492,18 @@ def report_md(summary: dict, identity: float, mc: dict, cfg: dict) -> str:
     n = len(cfg["seeds"])
     acc, acc_sd = summary["clean_accuracy_end_of_clean"]
     cols = [
-        "fine-tune", "metric", "delta_late_clean", "delta_late_clean_sd", "delta_paper_late_clean",
-        "separation_late_clean", "delta_whole_clean", "ratio_to_control", "sees_it", "flagged",
-        "margin", "flags_9",
+        "fine-tune",
+        "metric",
+        "delta_late_clean",
+        "delta_late_clean_sd",
+        "delta_paper_late_clean",
+        "separation_late_clean",
+        "delta_whole_clean",
+        "ratio_to_control",
+        "sees_it",
+        "flagged",
+        "margin",
+        "flags_9",
     ]
     lines = [
         "## Result",

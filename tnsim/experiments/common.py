@@ -332,6 +332,12 @@ class Metric:
         return metric_matrix(self.measure, models, outputs=outputs, **self.options)
 
 
+def data_gaussian(label: str, x: torch.Tensor) -> Metric:
+    """The exact Gaussian similarity under the mean and covariance of the rows of ``x``."""
+    x = x.double()
+    return Metric(label, "gaussian", {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)})
+
+
 def matrices(
     metrics: Sequence[Metric],
     models,
@@ -443,6 +449,34 @@ def stage_means(m: torch.Tensor, phases: Sequence[Phase]) -> list[list[float]]:
     """Phase × phase matrix of mean similarities (diagonal blocks without their diagonal)."""
     blocks = [list(range(s, e)) for _, s, e in phases]
     return [[block_mean(m, a, b) for b in blocks] for a in blocks]
+
+
+def tilt_labels(fig, angle: float = 18.0, log: bool = False):
+    """Tilt the x tick labels of a one-axis figure (long metric names), optionally with a log
+    y axis (contrasts that differ by orders of magnitude); returns ``fig``."""
+    ax = fig.axes[0]
+    for t in ax.get_xticklabels():
+        t.set_rotation(angle)
+        t.set_ha("right")
+    if log:
+        ax.set_yscale("log")
+    return fig
+
+
+def class_contrast_bars(deltas: Mapping[str, Mapping[int, float]], highlight: int, title: str):
+    """Grouped bars of per-class slice contrasts ``deltas[metric][k]``, each metric scaled so that
+    its largest is 1 (a metric singles out a class when that bar is 1 and the others are low)."""
+    from .. import plot
+
+    groups = {
+        label: {str(k): v / (max(d.values()) or 1.0) for k, v in d.items()}
+        for label, d in deltas.items()
+    }
+    fig = plot.bars(
+        groups, highlight=str(highlight), ylabel="Δ_k / largest Δ_k of the metric", title=title
+    )
+    fig.axes[0].set_xlabel("class k (output slice outputs=[k])", fontsize=8)
+    return fig
 
 
 # --- output folder ---------------------------------------------------------------------------

@@ -138,18 +138,33 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
         return rec
 
     t = C.Trainer(
-        model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed,
-        batch_size=cfg["batch"], evaluate=evaluate, progress=progress,
+        model,
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        seed=seed,
+        batch_size=cfg["batch"],
+        evaluate=evaluate,
+        progress=progress,
     )
-    t.stage("base", split.train.classes(kept), cfg["base_steps"], [cfg["base_steps"]],
-            desc=f"seed {seed}: base")
+    t.stage(
+        "base",
+        split.train.classes(kept),
+        cfg["base_steps"],
+        [cfg["base_steps"]],
+        desc=f"seed {seed}: base",
+    )
     start = t.snapshot()
     for k in cfg["added"]:
         for r in range(cfg["runs"]):
             t.restore(start)
             t.gen.manual_seed(10_000 * (seed + 1) + 100 * k + r)
-            t.stage(f"+{k} run {r}", split.train.classes(kept + [k]), cfg["finetune_steps"],
-                    [cfg["finetune_steps"]], desc=f"seed {seed}: +{k} run {r}")
+            t.stage(
+                f"+{k} run {r}",
+                split.train.classes(kept + [k]),
+                cfg["finetune_steps"],
+                [cfg["finetune_steps"]],
+                desc=f"seed {seed}: +{k} run {r}",
+            )
     return t.traj
 
 
@@ -161,24 +176,26 @@ def differences(runs: dict, cfg: dict) -> list[dict]:
         for k in cfg["added"]:
             for r in range(cfg["runs"]):
                 ft = traj.models[traj.indices(f"+{k} run {r}")[-1]]
-                out.append({
-                    "seed": seed, "added": k, "run": r,
-                    "network": difference(ft, base),
-                    "weights": weight_difference(ft, base),
-                    "module": Difference(ft, base),
-                })
+                out.append(
+                    {
+                        "seed": seed,
+                        "added": k,
+                        "run": r,
+                        "network": difference(ft, base),
+                        "weights": weight_difference(ft, base),
+                        "module": Difference(ft, base),
+                    }
+                )
     return out
 
 
 def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[tuple[C.Metric, str]]:
     """Each metric with the form of the difference it reads (``network``, ``weights``,
     ``module``)."""
-    x = train_x.double()
     return [
         (C.Metric("tensor", "tensor"), "network"),
         (C.Metric("Gaussian N(0,I)", "gaussian"), "network"),
-        (C.Metric(DATA_GAUSSIAN, "gaussian", {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)}),
-         "network"),
+        (C.data_gaussian(DATA_GAUSSIAN, train_x), "network"),
         (C.Metric("matrix cosine of ΔW", "matrix"), "weights"),
         (C.Metric("output cosine of δ(x) (test)", "output", {"data": test_x}), "module"),
     ]
@@ -196,8 +213,10 @@ def pair_kinds(diffs: list[dict]) -> dict[str, list[tuple[int, int]]]:
 
 
 def kind_means(m: torch.Tensor, kinds: dict) -> dict[str, float]:
-    return {k: float(torch.stack([m[i, j] for i, j in p]).mean()) if p else float("nan")
-            for k, p in kinds.items()}
+    return {
+        k: float(torch.stack([m[i, j] for i, j in p]).mean()) if p else float("nan")
+        for k, p in kinds.items()
+    }
 
 
 def sliced_kind_means(slices: dict[int, torch.Tensor], diffs: list[dict], kinds: dict) -> dict:
@@ -229,7 +248,9 @@ def nearest_neighbour(m: torch.Tensor, diffs: list[dict]) -> float:
     s = m.clone()
     s.fill_diagonal_(-float("inf"))
     nn = s.argmax(1)
-    return float(sum(diffs[i]["added"] == diffs[int(j)]["added"] for i, j in enumerate(nn)) / len(diffs))
+    return float(
+        sum(diffs[i]["added"] == diffs[int(j)]["added"] for i, j in enumerate(nn)) / len(diffs)
+    )
 
 
 def analyse(diffs: list[dict], mets, cfg: dict, progress: bool) -> dict:
@@ -240,11 +261,14 @@ def analyse(diffs: list[dict], mets, cfg: dict, progress: bool) -> dict:
         m = metric.matrix(models)
         sl = {k: metric.matrix(models, outputs=[k]) for k in cfg["added"]}
         out["matrices"][metric.label], out["slices"][metric.label] = m, sl
-        out["rows"].append({
-            "metric": metric.label, **kind_means(m, kinds),
-            **class_contrast(m, diffs, cfg["added"]),
-            "nearest_neighbour_same_class": nearest_neighbour(m, diffs),
-        })
+        out["rows"].append(
+            {
+                "metric": metric.label,
+                **kind_means(m, kinds),
+                **class_contrast(m, diffs, cfg["added"]),
+                "nearest_neighbour_same_class": nearest_neighbour(m, diffs),
+            }
+        )
         out["slice_rows"].append({"metric": metric.label, **sliced_kind_means(sl, diffs, kinds)})
     out["pairs"] = {k: len(v) for k, v in kinds.items()}
     return out
@@ -265,7 +289,9 @@ def run(
     mets = metrics(split.test.x, split.train.x)
     with C.threads(threads):
         trajs = {
-            s: C.trajectory(res, cfg, IDENTITY, s, lambda s: train(s, cfg, split, progress), log=log)
+            s: C.trajectory(
+                res, cfg, IDENTITY, s, lambda s: train(s, cfg, split, progress), log=log
+            )
             for s in cfg["seeds"]
         }
         diffs = differences(trajs, cfg)
@@ -273,19 +299,29 @@ def run(
     labels = [f"s{d['seed']} +{d['added']} r{d['run']}" for d in diffs]
     acc = accuracy_rows(trajs, cfg)
     res.results.update(
-        summary=an["rows"], slices_summary=an["slice_rows"], pairs=an["pairs"], labels=labels,
-        accuracy=acc, records={s: t.records for s, t in trajs.items()},
+        summary=an["rows"],
+        slices_summary=an["slice_rows"],
+        pairs=an["pairs"],
+        labels=labels,
+        accuracy=acc,
+        records={s: t.records for s, t in trajs.items()},
     )
-    res.matrices = {**an["matrices"],
-                    **{f"{lab} class {k}": m for lab, sl in an["slices"].items() for k, m in sl.items()}}
+    res.matrices = {
+        **an["matrices"],
+        **{f"{lab} class {k}": m for lab, sl in an["slices"].items() for k, m in sl.items()},
+    }
     res.table("summary.csv", an["rows"])
     res.table("slices.csv", an["slice_rows"])
     res.table("accuracy.csv", acc)
     figures(res, an, diffs, cfg)
     res.finish(report_md(an, acc, cfg))
     log(f"wrote {res.folder}/report.md")
-    return {"rows": an["rows"], "slice_rows": an["slice_rows"], "accuracy": acc,
-            "folder": str(res.folder)}
+    return {
+        "rows": an["rows"],
+        "slice_rows": an["slice_rows"],
+        "accuracy": acc,
+        "folder": str(res.folder),
+    }
 
 
 def accuracy_rows(trajs: dict, cfg: dict) -> list[dict]:
@@ -293,22 +329,35 @@ def accuracy_rows(trajs: dict, cfg: dict) -> list[dict]:
     (mean over bases and runs)."""
     rows = []
     recs = [t.records[t.indices("base")[-1]] for t in trajs.values()]
-    rows.append({"model": "base",
-                 **{f"acc_{k}": C.mean_sd(r[f"acc_{k}"] for r in recs)[0] for k in cfg["added"]},
-                 "accuracy_base_classes": C.mean_sd(r["accuracy_base_classes"] for r in recs)[0]})
+    rows.append(
+        {
+            "model": "base",
+            **{f"acc_{k}": C.mean_sd(r[f"acc_{k}"] for r in recs)[0] for k in cfg["added"]},
+            "accuracy_base_classes": C.mean_sd(r["accuracy_base_classes"] for r in recs)[0],
+        }
+    )
     for k in cfg["added"]:
-        recs = [t.records[t.indices(f"+{k} run {r}")[-1]] for t in trajs.values()
-                for r in range(cfg["runs"])]
-        rows.append({"model": f"+{k}",
-                     **{f"acc_{q}": C.mean_sd(r[f"acc_{q}"] for r in recs)[0] for q in cfg["added"]},
-                     "accuracy_base_classes": C.mean_sd(r["accuracy_base_classes"] for r in recs)[0]})
+        recs = [
+            t.records[t.indices(f"+{k} run {r}")[-1]]
+            for t in trajs.values()
+            for r in range(cfg["runs"])
+        ]
+        rows.append(
+            {
+                "model": f"+{k}",
+                **{f"acc_{q}": C.mean_sd(r[f"acc_{q}"] for r in recs)[0] for q in cfg["added"]},
+                "accuracy_base_classes": C.mean_sd(r["accuracy_base_classes"] for r in recs)[0],
+            }
+        )
     return rows
 
 
 def figures(res: C.Output, an: dict, diffs: list[dict], cfg: dict) -> None:
     from .. import plot
 
-    order = sorted(range(len(diffs)), key=lambda i: (diffs[i]["added"], diffs[i]["seed"], diffs[i]["run"]))
+    order = sorted(
+        range(len(diffs)), key=lambda i: (diffs[i]["added"], diffs[i]["seed"], diffs[i]["run"])
+    )
     phases, start = [], 0
     for k in cfg["added"]:
         n = sum(1 for d in diffs if d["added"] == k)
@@ -316,24 +365,32 @@ def figures(res: C.Output, an: dict, diffs: list[dict], cfg: dict) -> None:
         start += n
     mats = {lab: m[order][:, order] for lab, m in an["matrices"].items()}
     fig = plot.heatmaps(
-        mats, phases=phases, ncols=3, panel=3.4,
+        mats,
+        phases=phases,
+        ncols=3,
+        panel=3.4,
         title="Similarity of difference networks (fine-tuned − base), grouped by the class added "
         "(all bases and runs)",
     )
     res.figure(
-        fig, "heatmaps.png",
+        fig,
+        "heatmaps.png",
         "Difference × difference similarity for every metric; rows and columns grouped by the "
         "class the fine-tune added (within a group: bases, then runs).",
     )
     groups = {r["metric"]: {k: r[k] for k in KINDS} for r in an["rows"]}
-    fig = plot.bars(
-        {kind: {m: groups[m][kind] for m in groups} for kind in KINDS},
-        ylabel="mean similarity of the pairs",
-        title="Similarity of two differences, by kind of pair (whole model)",
-        width=8,
+    fig = C.tilt_labels(
+        plot.bars(
+            {kind: {m: groups[m][kind] for m in groups} for kind in KINDS},
+            ylabel="mean similarity of the pairs",
+            title="Similarity of two differences (fine-tuned − base), by kind of pair",
+            width=9,
+            height=3.4,
+        )
     )
     res.figure(
-        fig, "kinds.png",
+        fig,
+        "kinds.png",
         "Mean similarity of pairs of difference networks: the same class added twice vs different "
         "classes, to the same base or to another base.",
     )
@@ -345,7 +402,8 @@ def report_md(an: dict, acc: list[dict], cfg: dict) -> str:
         "## Result",
         "",
         f"{n_bases} bases (classes other than {cfg['added']}), each fine-tuned {runs}× to add each "
-        f"of {cfg['added']}: {n_bases * runs * len(cfg['added'])} difference networks. Test accuracy (mean over bases and runs):",
+        f"of {cfg['added']}: {n_bases * runs * len(cfg['added'])} difference networks. Test "
+        "accuracy (mean over bases and runs):",
         "",
         C.markdown_table(acc),
         "",

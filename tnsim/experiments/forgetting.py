@@ -87,13 +87,10 @@ DATA_GAUSSIAN = "Gaussian N(μ,Σ) of the data"
 
 
 def metrics(test_x: torch.Tensor, train_x: torch.Tensor) -> list[C.Metric]:
-    x = train_x.double()
     return [
         C.Metric("tensor", "tensor"),
         C.Metric("Gaussian N(0,I)", "gaussian"),
-        C.Metric(
-            DATA_GAUSSIAN, "gaussian", {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)}
-        ),
+        C.data_gaussian(DATA_GAUSSIAN, train_x),
         C.Metric("matrix cosine", "matrix"),
         C.Metric("output cosine (test)", "output", {"data": test_x}),
         C.Metric("linear CKA (test)", "cka", {"data": test_x}, slices=False),
@@ -388,17 +385,10 @@ def figures(
             f"Per-class slices of {label}; the framed class (if any) is named as "
             "forgotten: largest contrast at the −9 boundary, by a margin ≥ 1.5.",
         )
-    groups = {}
-    for m in mets:
-        if m.slices:
-            d = an["flag"][m.label]["deltas"]
-            top = max(d.values()) or 1.0
-            groups[m.label] = {str(k): v / top for k, v in d.items()}
-    fig = plot.bars(
-        groups,
-        highlight=str(FORGOTTEN),
-        ylabel="Δ_k / max_k Δ_k",
-        title=f"Per-class slice contrast at the forgetting boundary (control → −9), {setup}, "
+    fig = C.class_contrast_bars(
+        {m.label: an["flag"][m.label]["deltas"] for m in mets if m.slices},
+        FORGOTTEN,
+        f"Per-class slice contrast at the forgetting boundary (control → −9), {setup}, "
         "normalised per metric",
     )
     res.figure(
