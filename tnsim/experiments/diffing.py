@@ -213,6 +213,7 @@ def pair_kinds(diffs: list[dict]) -> dict[str, list[tuple[int, int]]]:
 
 
 def kind_means(m: torch.Tensor, kinds: dict) -> dict[str, float]:
+    """Mean of ``m[i, j]`` over the pairs of each kind of :func:`pair_kinds`."""
     return {
         k: float(torch.stack([m[i, j] for i, j in p]).mean()) if p else float("nan")
         for k, p in kinds.items()
@@ -254,6 +255,8 @@ def nearest_neighbour(m: torch.Tensor, diffs: list[dict]) -> float:
 
 
 def analyse(diffs: list[dict], mets, cfg: dict, progress: bool) -> dict:
+    """Every metric's difference × difference matrix and class slices, summarised by kind of
+    pair, by contrast between the added classes and by nearest neighbours."""
     kinds = pair_kinds(diffs)
     out = {"matrices": {}, "slices": {}, "rows": [], "slice_rows": []}
     for metric, form in C.bar(mets, desc="difference matrices", enabled=progress, unit="metric"):
