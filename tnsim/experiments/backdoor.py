@@ -284,16 +284,9 @@ def run(
         **summary,
         tensor_equals_centred_gaussian_max_abs_diff=identity,
         monte_carlo_check=mc,
-        records={s: r[0].records for s, r in runs.items()},
-        phases={s: r[0].phase_list for s, r in runs.items()},
+        **C.seed_records(runs),
     )
-    res.matrices = {
-        f"seed{s}": {
-            **a["matrices"],
-            **{f"{lab} class {k}": m for lab, sl in a["slices"].items() for k, m in sl.items()},
-        }
-        for s, (_, a) in runs.items()
-    }
+    res.matrices = C.seed_matrices(runs)
     res.table("summary.csv", summary["rows"])
     res.table("per_seed.csv", summary["per_seed"])
     res.table("clean_behaviour.csv", summary["clean_behaviour"])

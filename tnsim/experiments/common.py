@@ -479,6 +479,28 @@ def class_contrast_bars(deltas: Mapping[str, Mapping[int, float]], highlight: in
     return fig
 
 
+def all_matrices(analysis: Mapping) -> dict[str, torch.Tensor]:
+    """An analysis' whole-model ``matrices`` and class ``slices`` in one flat mapping
+    (``label`` and ``"label class k"``), as ``matrices.json`` stores them."""
+    return {
+        **analysis["matrices"],
+        **{f"{lab} class {k}": m for lab, sl in analysis["slices"].items() for k, m in sl.items()},
+    }
+
+
+def seed_matrices(runs: Mapping) -> dict[str, dict]:
+    """:func:`all_matrices` of every seed of :func:`seed_runs` (keys ``seed0``, ...)."""
+    return {f"seed{s}": all_matrices(a) for s, (_, a) in runs.items()}
+
+
+def seed_records(runs: Mapping) -> dict[str, dict]:
+    """The per-checkpoint records and the phases of every seed of :func:`seed_runs`."""
+    return {
+        "records": {s: r[0].records for s, r in runs.items()},
+        "phases": {s: r[0].phase_list for s, r in runs.items()},
+    }
+
+
 # --- output folder ---------------------------------------------------------------------------
 
 

@@ -309,10 +309,7 @@ def run(
         accuracy=acc,
         records={s: t.records for s, t in trajs.items()},
     )
-    res.matrices = {
-        **an["matrices"],
-        **{f"{lab} class {k}": m for lab, sl in an["slices"].items() for k, m in sl.items()},
-    }
+    res.matrices = C.all_matrices(an)
     res.table("summary.csv", an["rows"])
     res.table("slices.csv", an["slice_rows"])
     res.table("accuracy.csv", acc)

@@ -202,18 +202,7 @@ def part_results(runs: dict, summary: dict) -> dict:
         "boundaries": summary["boundaries"],
         "stage_contrast": summary["stage_contrast"],
         "stage_means": {s: a["stage_means"] for s, (_, a) in runs.items()},
-        "records": {s: r[0].records for s, r in runs.items()},
-        "phases": {s: r[0].phase_list for s, r in runs.items()},
-    }
-
-
-def part_matrices(runs: dict) -> dict:
-    return {
-        f"seed{s}": {
-            **a["matrices"],
-            **{f"{lab} class {k}": m for lab, sl in a["slices"].items() for k, m in sl.items()},
-        }
-        for s, (_, a) in runs.items()
+        **C.seed_records(runs),
     }
 
 
@@ -243,7 +232,7 @@ def run(
             stages=DEEP_STAGES, build=deep_model, folder="deep/seed{}",
         )
     res.results.update(**part_results(runs, summary), deep=part_results(deep_runs, deep_summary))
-    res.matrices = {**part_matrices(runs), "deep": part_matrices(deep_runs)}
+    res.matrices = {**C.seed_matrices(runs), "deep": C.seed_matrices(deep_runs)}
     for prefix, summ in (("", summary), ("deep_", deep_summary)):
         res.table(f"{prefix}summary.csv", summ["rows"])
         res.table(f"{prefix}boundaries.csv", summ["boundaries"])
