@@ -377,8 +377,7 @@ def figures(
     fig = C.class_contrast_bars(
         {m.label: an["flag"][m.label]["deltas"] for m in mets if m.slices},
         FORGOTTEN,
-        f"Per-class slice contrast at the forgetting boundary (control → −9), {setup}, "
-        "normalised per metric",
+        f"Class-slice contrast at control → −9 ({setup}), normalised per metric",
     )
     res.figure(
         fig,
