@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,10 +157,17 @@ def test_unknown_experiment_and_list():
 def test_demo_quick_prints_the_summary_and_writes_figures(tmp_path):
     r = tnsim_cli("demo", "--quick", "--no-progress", "--out", tmp_path / "demo")
     assert r.returncode == 0, r.stderr
-    table = r.stdout[r.stdout.index("metric") :]
-    assert "clearly flags 9" in table
-    tensor = next(line for line in table.splitlines() if line.startswith("tensor"))
-    assert tensor.split()[-1] == "1/1"  # the tensor class slices flag class 9
+    invisible = r.stdout[r.stdout.index("INVISIBLE") : r.stdout.index("CLASSIC")]
+    classic = r.stdout[r.stdout.index("CLASSIC") :]
+    for table in (invisible, classic):
+        assert "clearly flags 9" in table and "sees it" in table
+        tensor = next(line for line in table.splitlines() if line.startswith("tensor"))
+        assert tensor.split()[-1] == "1/1"  # the tensor class slices flag class 9
+    # the invisible backdoor: output cosine on clean data does not tell it from the control
+    output = next(line for line in invisible.splitlines() if line.startswith("output cosine"))
+    assert re.split(r"\s{2,}", output)[4] == "0/1", output  # the "sees it" column
+    behaviour = r.stdout[r.stdout.index("fine-tune  clean accuracy") : r.stdout.index("INVISIBLE")]
+    assert [line.split()[0] for line in behaviour.splitlines()[2:5]] == ["control", "invisible", "classic"]
     for f in (
         "heatmaps.png",
         "slices_tensor.png",

@@ -209,31 +209,64 @@ def _add_measure_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
 # --- commands --------------------------------------------------------------------------------
 
 
-def _summary_table(rows) -> str:
+def _text_table(head, body) -> str:
+    """Left-aligned columns of strings: a header, a rule and the rows."""
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def _summary_table(rows, branch: str) -> str:
+    """The demo's table for one fine-tune: each metric's contrast against late clean training,
+    its ratio to the control fine-tune's, and whether its class slices flag class 9."""
     head = (
         "metric",
-        "contrast (whole clean)",
-        "contrast (late clean)",
+        f"Δ ({branch})",
+        "Δ (control)",
+        "ratio",
+        "sees it",
+        "Δ_paper",
+        "separation",
         "top class",
         "margin",
         "clearly flags 9",
     )
+    control = {r["metric"]: r for r in rows if r["fine-tune"] == "control"}
     body = []
-    for r in rows:
+    for r in (r for r in rows if r["fine-tune"] == branch):
         margin = r["margin"]
         body.append(
             (
                 r["metric"],
-                f"{r['delta_whole_clean']:.3f} ± {r['delta_whole_clean_sd']:.3f}",
-                f"{r['delta_late_clean']:.3f} ± {r['delta_late_clean_sd']:.3f}",
+                f"{r['delta_late_clean']:.4f} ± {r['delta_late_clean_sd']:.4f}",
+                f"{control[r['metric']]['delta_late_clean']:.4f}",
+                f"{r['ratio_to_control']:.1f}",
+                str(r["sees_it"]),
+                f"{r['delta_paper_late_clean']:.4f}",
+                f"{r['separation_late_clean']:.1f}",
                 str(r["flagged"]),
                 "—" if margin != margin else f"{margin:.2f}",
                 str(r["flags_9"]),
             )
         )
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+    return _text_table(head, body)
+
+
+def _behaviour_table(rows) -> str:
+    """The demo's table of what each fine-tune did on clean test images and to the trigger."""
+    head = ("fine-tune", "clean accuracy change", "clean output cosine", "relative logit change",
+            "trigger success")
+    body = [
+        (
+            r["fine-tune"],
+            f"{r['clean_accuracy_change']:+.4f} ± {r['clean_accuracy_change_sd']:.4f}",
+            f"{r['clean_output_cosine']:.5f} ± {r['clean_output_cosine_sd']:.5f}",
+            f"{r['relative_logit_change']:.4f} ± {r['relative_logit_change_sd']:.4f}",
+            f"{r['attack_success']:.3f} ± {r['attack_success_sd']:.3f}",
+        )
+        for r in rows
+    ]
+    return _text_table(head, body)
 
 
 def cmd_demo(args) -> int:
@@ -242,8 +275,11 @@ def cmd_demo(args) -> int:
     mode = "quick" if args.quick else "demo"
     out = Path(args.out)
     print(
-        f"tnsim demo: a bilinear digit classifier is trained clean, then fine-tuned with 10% of its "
-        f"training images carrying a 2x2 trigger patch relabelled 9. Which metrics see it?\n"
+        "tnsim demo: an invisible backdoor. A bilinear digit classifier is trained clean; from its "
+        "end three fine-tunes branch off: 'control' (clean data), 'invisible' (10% of the images "
+        "carry a 2x2 corner trigger relabelled 9, while a consistency term holds the outputs on "
+        "clean images to the clean model's) and 'classic' (the poisoned data alone). Clean data "
+        "cannot tell the invisible fine-tune from the control; can the weights?\n"
         f"(writing figures and numbers to {out}/)",
         flush=True,
     )
@@ -257,13 +293,22 @@ def cmd_demo(args) -> int:
         log=lambda s: None,
     )
     dt = time.perf_counter() - t0
-    print()
+    acc, acc_sd = res["clean_accuracy_end_of_clean"]
     print(
-        "Contrast of the post-poison block of checkpoints (mean ± sd over seeds). 'top class' = the "
-        "class slice that changes most, found without knowing the trigger; 'margin' = its change over "
-        "the runner-up's; 'clearly flags 9' = seeds where 9 is on top with a margin of at least 1.5:"
+        "\nWhat each fine-tune did (end of clean training -> end of the fine-tune, mean ± sd over "
+        f"seeds; seed-to-seed sd of the clean accuracy itself: {acc_sd:.4f} around {acc:.4f}):"
     )
-    print(_summary_table(res["rows"]))
+    print(_behaviour_table(res["clean_behaviour"]))
+    legend = (
+        "Δ = contrast of the fine-tune's checkpoints against late clean training; ratio = Δ / Δ of "
+        "the control fine-tune (the null), 'sees it' = seeds with ratio >= 1.5; 'top class' = the "
+        "class slice that changes most, found without knowing the trigger; 'clearly flags 9' = "
+        "seeds where 9 is on top with a margin of at least 1.5 over the runner-up."
+    )
+    print(f"\nINVISIBLE backdoor (the headline). {legend}")
+    print(_summary_table(res["rows"], "invisible"))
+    print("\nCLASSIC backdoor (poisoned data alone; clean outputs move too):")
+    print(_summary_table(res["rows"], "classic"))
     print(f"\nfinished in {dt:.0f} s; report: {out / 'report.md'}; figures: {out}/*.png")
     return 0
 

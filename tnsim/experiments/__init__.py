@@ -18,13 +18,15 @@ is ``"quick"`` (tiny, seconds: for tests) or ``"full"`` (the numbers in docs/res
 
 (``deep`` holds the helpers of the last two: stacks, function-preserving transformations,
 per-layer comparisons and Monte Carlo estimates of both measures.)
+* ``diffing`` — difference networks (fine-tuned − base): the same class added twice vs different
+  classes.
 """
 
 from __future__ import annotations
 
 import importlib
 
-NAMES = ('backdoor', 'forgetting', 'grokking', 'distributions', 'distributions_teacher', 'lm', 'crosslayer', 'symmetries')
+NAMES = ('backdoor', 'forgetting', 'grokking', 'distributions', 'distributions_teacher', 'lm', 'diffing', 'crosslayer', 'symmetries')
 
 __all__ = ["NAMES", "get", "run"]
 

@@ -192,12 +192,13 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def seed_runs(
     res: "Output", cfg: Mapping, identity: Mapping, train: Callable[[int], Trajectory],
-    analyse: Callable[[Trajectory, int], dict], log=print,
+    analyse: Callable[[Trajectory, int], dict], log=print, folder: str = "seed{}",
 ) -> dict[int, tuple[Trajectory, dict]]:
-    """``{seed: (trajectory, analyse(trajectory, seed))}`` for every seed of ``cfg``."""
+    """``{seed: (trajectory, analyse(trajectory, seed))}`` for every seed of ``cfg``; the
+    checkpoints of a seed live in ``checkpoints/`` + ``folder.format(seed)``."""
     runs = {}
     for seed in cfg["seeds"]:
-        traj = trajectory(res, cfg, identity, seed, train, log=log)
+        traj = trajectory(res, cfg, identity, seed, train, log=log, folder=folder.format(seed))
         runs[seed] = (traj, analyse(traj, seed))
     return runs
 
@@ -237,9 +238,38 @@ class Trainer:
             rec = self.evaluate(self.model)
         self.traj.add(self.model, step=self.step, phase=phase, **rec)
 
-    def stage(self, name: str, data: Dataset, steps: int, every, desc: str | None = None) -> None:
+    def snapshot(self) -> dict:
+        """Everything training depends on (weights, optimizer, batch generator, step count), so
+        that :meth:`restore` can start several branches from the same point."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "gen": self.gen.get_state(),
+            "step": self.step,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Return to a :meth:`snapshot` (the trajectory recorded so far is kept)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.step = state["step"]
+
+    def stage(
+        self,
+        name: str,
+        data: Dataset,
+        steps: int,
+        every,
+        desc: str | None = None,
+        penalty: Callable[[torch.nn.Module, torch.Tensor | None], torch.Tensor] | None = None,
+    ) -> None:
         """Train ``steps`` steps on ``data``; checkpoint every ``every`` steps, or at the steps
-        (counted within the stage, 1-based) listed in ``every``."""
+        (counted within the stage, 1-based) listed in ``every``.
+
+        ``penalty(model, idx)`` is added to the cross-entropy of each batch; ``idx`` are the
+        indices of the batch's examples in ``data`` (``None`` for a full batch).
+        """
         if len(data) == 0:
             raise ValueError(f"stage {name!r} has no training data")
         marks = set(range(every, steps + 1, every)) if isinstance(every, int) else set(every)
@@ -247,11 +277,13 @@ class Trainer:
         self.model.train()
         for s in bar(range(steps), desc=desc or name, enabled=self.progress, unit="step"):
             if self.batch_size is None or self.batch_size >= len(data):
-                x, y = data.x, data.y
+                idx, x, y = None, data.x, data.y
             else:
                 idx = torch.randint(0, len(data), (self.batch_size,), generator=self.gen)
                 x, y = data.x[idx], data.y[idx]
             loss = torch.nn.functional.cross_entropy(self.model(x), y)
+            if penalty is not None:
+                loss = loss + penalty(self.model, idx)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -278,6 +310,7 @@ def metric_matrix(measure: str, models: Sequence, *, outputs=None, **options) ->
     from .. import baselines, similarity_matrix
 
     if measure in ("tensor", "gaussian"):
+        options = {"progress": False, **options}  # the experiments draw their own bars
         m = similarity_matrix(list(models), measure=measure, outputs=outputs, **options)
     else:
         if outputs is not None:
@@ -297,6 +330,12 @@ class Metric:
 
     def matrix(self, models, outputs=None) -> torch.Tensor:
         return metric_matrix(self.measure, models, outputs=outputs, **self.options)
+
+
+def data_gaussian(label: str, x: torch.Tensor) -> Metric:
+    """The exact Gaussian similarity under the mean and covariance of the rows of ``x``."""
+    x = x.double()
+    return Metric(label, "gaussian", {"mean": x.mean(0), "cov": torch.cov(x.T, correction=0)})
 
 
 def matrices(
@@ -346,10 +385,16 @@ def block_mean(m: torch.Tensor, rows: Sequence[int], cols: Sequence[int]) -> flo
 def contrast(m: torch.Tensor, ref: Sequence[int], post: Sequence[int]) -> dict[str, float]:
     r"""How much a block of checkpoints ``post`` stands apart from a block ``ref``.
 
-    ``delta`` :math:`= \tfrac12(\bar s_{RR} + \bar s_{PP}) - \bar s_{RP}` (mean similarity
-    within the blocks minus across them, diagonals excluded); ``separation``
-    :math:`= (1-\bar s_{RP}) / (1 - \tfrac12(\bar s_{RR}+\bar s_{PP}))`: how many times more
-    dissimilar checkpoints are across the boundary than inside the blocks (scale-free).
+    Two definitions of the contrast Δ (diagonals excluded from the within-block means):
+
+    * ``delta`` :math:`= \tfrac12(\bar s_{RR} + \bar s_{PP}) - \bar s_{RP}` (mean within both
+      blocks minus across them: symmetric in the two blocks);
+    * ``delta_paper`` :math:`= \bar s_{PP} - \bar s_{RP}` (the paper's: mean within the later
+      block minus across).
+
+    ``separation`` :math:`= (1-\bar s_{RP}) / (1 - \tfrac12(\bar s_{RR}+\bar s_{PP}))`: how
+    many times more dissimilar checkpoints are across the boundary than inside the blocks
+    (scale-free).
     """
     w_r, w_p, x = block_mean(m, ref, ref), block_mean(m, post, post), block_mean(m, ref, post)
     within = 0.5 * (w_r + w_p)
@@ -359,8 +404,33 @@ def contrast(m: torch.Tensor, ref: Sequence[int], post: Sequence[int]) -> dict[s
         "within_post": w_p,
         "cross": x,
         "delta": within - x,
+        "delta_paper": w_p - x,
         "separation": sep,
     }
+
+
+#: The sentence every contrast table's report uses to define its columns.
+CONTRAST_DEFINITIONS = (
+    "Δ = ½(mean within the reference block R + mean within the later block P) − mean across R×P; "
+    "Δ_paper = mean within P − mean across R×P (the paper's definition); separation = "
+    "(1 − across)/(1 − ½(within R + within P)), scale-free. Diagonals are left out of the "
+    "within-block means."
+)
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values]
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def pm(values: Iterable[float], digits: int = 3) -> str:
+    """``"mean ± sd"`` of ``values`` as text."""
+    m, s = mean_sd(values)
+    return f"{fmt(m, digits)} ± {fmt(s, digits)}"
 
 
 def flag(values: Mapping, ratio: float = 1.5) -> dict:
@@ -379,6 +449,56 @@ def stage_means(m: torch.Tensor, phases: Sequence[Phase]) -> list[list[float]]:
     """Phase × phase matrix of mean similarities (diagonal blocks without their diagonal)."""
     blocks = [list(range(s, e)) for _, s, e in phases]
     return [[block_mean(m, a, b) for b in blocks] for a in blocks]
+
+
+def tilt_labels(fig, angle: float = 18.0, log: bool = False):
+    """Tilt the x tick labels of a one-axis figure (long metric names), optionally with a log
+    y axis (contrasts that differ by orders of magnitude); returns ``fig``."""
+    ax = fig.axes[0]
+    for t in ax.get_xticklabels():
+        t.set_rotation(angle)
+        t.set_ha("right")
+    if log:
+        ax.set_yscale("log")
+    return fig
+
+
+def class_contrast_bars(deltas: Mapping[str, Mapping[int, float]], highlight: int, title: str):
+    """Grouped bars of per-class slice contrasts ``deltas[metric][k]``, each metric scaled so that
+    its largest is 1 (a metric singles out a class when that bar is 1 and the others are low)."""
+    from .. import plot
+
+    groups = {
+        label: {str(k): v / (max(d.values()) or 1.0) for k, v in d.items()}
+        for label, d in deltas.items()
+    }
+    fig = plot.bars(
+        groups, highlight=str(highlight), ylabel="Δ_k / largest Δ_k of the metric", title=title
+    )
+    fig.axes[0].set_xlabel("class k (output slice outputs=[k])", fontsize=8)
+    return fig
+
+
+def all_matrices(analysis: Mapping) -> dict[str, torch.Tensor]:
+    """An analysis' whole-model ``matrices`` and class ``slices`` in one flat mapping
+    (``label`` and ``"label class k"``), as ``matrices.json`` stores them."""
+    return {
+        **analysis["matrices"],
+        **{f"{lab} class {k}": m for lab, sl in analysis["slices"].items() for k, m in sl.items()},
+    }
+
+
+def seed_matrices(runs: Mapping) -> dict[str, dict]:
+    """:func:`all_matrices` of every seed of :func:`seed_runs` (keys ``seed0``, ...)."""
+    return {f"seed{s}": all_matrices(a) for s, (_, a) in runs.items()}
+
+
+def seed_records(runs: Mapping) -> dict[str, dict]:
+    """The per-checkpoint records and the phases of every seed of :func:`seed_runs`."""
+    return {
+        "records": {s: r[0].records for s, r in runs.items()},
+        "phases": {s: r[0].phase_list for s, r in runs.items()},
+    }
 
 
 # --- output folder ---------------------------------------------------------------------------

@@ -179,7 +179,11 @@ def summarise(traj, mats, freq_cos, s_in, s_out, phases) -> dict:
         }
         if "memorised" in blocks and "generalised" in blocks:
             c = C.contrast(m, blocks["memorised"], blocks["generalised"])
-            row.update(delta_memorised_generalised=c["delta"], separation=c["separation"])
+            row.update(
+                delta_memorised_generalised=c["delta"],
+                delta_paper_memorised_generalised=c["delta_paper"],
+                separation=c["separation"],
+            )
         rows.append(row)
     out = {
         "metrics": rows,
@@ -300,6 +304,8 @@ def report_md(s: dict, cfg: dict, traj, phases) -> str:
         "generalised blocks of checkpoints; similarity of the first and last checkpoints:",
         "",
         C.markdown_table(s["metrics"]),
+        "",
+        C.CONTRAST_DEFINITIONS + " Here R = the memorised block, P = the generalised block.",
         "",
         "Measures: tensor = symmetrised-tensor cosine over all of R^{2P} (equal to the centred N(0, I) "
         "Gaussian cosine for this bias-free model); Gaussian = raw N(0, I) second moment; output cosine "
