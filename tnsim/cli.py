@@ -3,7 +3,7 @@
 * ``tnsim demo`` — the backdoor experiment at demo size (a few minutes on 2 CPU cores): a summary
   table on stdout, figures and numbers in ``./tnsim-demo/``;
 * ``tnsim experiment NAME [--quick] [--out DIR]`` — one of the paper's experiments
-  (``backdoor``, ``forgetting``, ``grokking``, ``distributions``; ``list`` lists them);
+  (see :data:`tnsim.experiments.NAMES`; ``list`` lists them);
 * ``tnsim compare A B`` — similarity of two saved checkpoints;
 * ``tnsim matrix CKPT...`` — the similarity matrix of many checkpoints (CSV and/or heat-map,
   resumable with ``--results``);
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .experiments import NAMES as experiment_names
 from .measures import CategoricalMeasure, ProductMeasure
 
 EXIT_BAD_INPUT = 2
@@ -527,7 +528,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     e = sub.add_parser("experiment", help="run one of the paper's experiments")
-    e.add_argument("name", help="backdoor, forgetting, grokking, distributions, or list")
+    e.add_argument("name", help=", ".join(experiment_names) + ", or list")
     e.add_argument("--quick", action="store_true", help="tiny version for tests (seconds)")
     e.add_argument("--out", help="output folder (default ./tnsim-out/NAME)")
     e.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
