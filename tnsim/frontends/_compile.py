@@ -238,16 +238,8 @@ def _bilinear(module: Bilinear, path: str, padded: bool) -> Network:
     D, L, R = bilinear_factors(module, padded)
     pre = f"{path}." if path else ""
     tags = (f"{pre}down", f"{pre}left", f"{pre}right")
-    sym = cp_term(D, [L, R], symmetric=True, tags=tags)
-    raw = cp_term(D, [L, R], symmetric=False, tags=tags)
+    terms, raws = product_terms(D, [L, R], tags, module.residual, padded, f"{pre}residual")
     d_in, d_out = L.shape[1], D.shape[0]
-    terms, raws = (sym,), (raw,)
-    if module.residual:
-        eye = torch.eye(d_in, dtype=L.dtype, device=L.device)
-        if padded:
-            eye[0, 0] = 0  # the bilinear term carries the constant coordinate
-        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
-        terms, raws = terms + (ident,), raws + (ident,)
     return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Bilinear")
 
 
@@ -261,17 +253,43 @@ def _trilinear(module: Trilinear, path: str, padded: bool) -> Network:
         mats.append(padded_matrix(w, b, True) if padded else w)
     D, A, B, C = mats
     tags = (f"{pre}down", f"{pre}a", f"{pre}b", f"{pre}c")
-    sym = cp_term(D, [A, B, C], symmetric=True, tags=tags)
-    raw = cp_term(D, [A, B, C], symmetric=False, tags=tags)
+    terms, raws = product_terms(D, [A, B, C], tags, module.residual, padded, f"{pre}residual")
     d_in, d_out = A.shape[1], D.shape[0]
-    terms, raws = (sym,), (raw,)
-    if module.residual:
-        eye = torch.eye(d_in, dtype=A.dtype, device=A.device)
-        if padded:
-            eye[0, 0] = 0
-        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
-        terms, raws = terms + (ident,), raws + (ident,)
     return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Trilinear")
+
+
+def residual_units(core: torch.Tensor, factors: list[torch.Tensor]):
+    r"""A padded CP node with the residual :math:`x` folded in as :math:`d` more units.
+
+    On padded inputs :math:`x_i = \tilde x_i \tilde x_0^{k-1}`, so
+    :math:`\tilde y = \tilde T(\tilde x, \dots) + (0, x)` is again one degree-:math:`k` CP node:
+    unit :math:`r = 1..d` reads :math:`e_r` with the first factor and the constant
+    :math:`e_0` with the others, and writes output :math:`r` (a square layer). One term per
+    layer keeps a residual stack of depth :math:`L` at one term (two terms per layer would
+    compose into doubly exponentially many) and gives the same homogenised tensor.
+    """
+    d = factors[0].shape[1] - 1
+    like = factors[0]
+    eye = torch.eye(d + 1, dtype=like.dtype, device=like.device)[1:]  # rows e_1..e_d
+    const = torch.zeros(d, d + 1, dtype=like.dtype, device=like.device)
+    const[:, 0] = 1
+    new = [torch.cat([factors[0], eye])] + [torch.cat([f, const]) for f in factors[1:]]
+    return torch.cat([core, eye.T.to(core.dtype)], dim=1), new
+
+
+def product_terms(core, factors, tags, residual: bool, padded: bool, residual_tag: str):
+    """``(terms, raw terms)`` of a CP product layer: the node symmetrised and raw, plus the
+    residual (folded into the node when padded, an identity term otherwise)."""
+    if residual and padded:
+        core, factors = residual_units(core, factors)
+    sym = cp_term(core, factors, symmetric=True, tags=tags)
+    raw = cp_term(core, factors, symmetric=False, tags=tags)
+    if not residual or padded:
+        return (sym,), (raw,)
+    d_in = factors[0].shape[1]
+    eye = torch.eye(d_in, dtype=core.dtype, device=core.device)
+    ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (residual_tag,))
+    return (sym, ident), (raw, ident)
 
 
 def attention_term(module: BilinearAttention, path: str = "") -> Term:

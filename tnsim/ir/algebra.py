@@ -27,9 +27,9 @@ from dataclasses import replace
 import torch
 
 from ..errors import ShapeMismatchError, StructureError
-from ._groups import shift
+from ._groups import Generators, shift
 from ._network import Network, pad_input, strip_output_pad
-from ._term import Term, _minimal_generators
+from ._term import Term
 
 __all__ = [
     "broadcast_to",
@@ -78,7 +78,7 @@ def combine_terms(parts: list[Term], specs: list[str], out: str, coeff: float = 
     ``specs[p]`` has one letter per output axis of ``parts[p]``; equal letters become one index
     (a hyperindex when more than two legs meet), letters in ``out`` are the new outputs (in
     that order), the others are summed. Copies are concatenated in part order and each part's
-    group acts on its own block.
+    group acts on its own block (a direct product: the order is the product of the orders).
     """
     if len(set(out)) != len(out):
         raise StructureError(f"output letters {out!r} repeat")
@@ -109,7 +109,7 @@ def combine_terms(parts: list[Term], specs: list[str], out: str, coeff: float = 
         copies=tuple(copies),
         outputs=tuple(f"L{c}" for c in out),
         tags=tuple(tags),
-        group=_minimal_generators(gens, total),
+        group=Generators(gens, math.prod(t.group_order for t in parts)),
         coeff=coeff,
     )
 
