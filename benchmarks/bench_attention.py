@@ -14,11 +14,11 @@ resident memory next to it:
 
     python benchmarks/bench_attention.py [--quick] [--profile]
 
-Cold exact runs search one contraction path per orbit (about 0.1 s each here), so by default
-the attention and depth-3 rows are timed on 300 random orbits per inner product and scaled
-(``--all-orbits`` contracts every orbit and checks the exact cosine against Monte Carlo).
-``--quick`` uses 2 warm repeats and 100 sampled orbits; ``--profile`` prints where the
-attention layer's warm exact time goes (cProfile).
+The attention rows contract every orbit (and print the exact cosine next to Monte Carlo's).
+The depth-3 row's 11847 orbits per inner product take over an hour cold, so it is timed on
+``--depth3-orbits`` random orbits (default 300, 100 with ``--quick``) and scaled. ``--quick``
+uses 2 warm repeats; ``--profile`` prints where the attention layer's exact time goes
+(cProfile of the cold and warm runs); ``--only`` and ``--forms`` pick figures.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def attention(seed: int, form: str) -> torch.nn.Module:
     )
 
 
-def attention_figure(form: str, sample: int) -> dict:
+def attention_figure(form: str) -> dict:
     torch.set_num_threads(1)
     isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
     a, b = attention(1, form), attention(2, form)
-    row = exact_depth.time_exact((a, b), (attention(3, form), attention(4, form)), "gaussian", sample)
+    row = exact_depth.time_exact((a, b), (attention(3, form), attention(4, form)), "gaussian")
     est, samples, mc_s, se = monte_carlo_cosine(a, b, (N_CTX, D_MODEL), batch=1024)
-    exact_value = tnsim.similarity(a, b, measure="gaussian", method="exact") if not sample else None
+    exact_value = tnsim.similarity(a, b, measure="gaussian", method="exact")  # plans cached
     return row | dict(form=form, exact=exact_value, mc_estimate=est, mc_samples=samples,
                       mc_s=mc_s, mc_se=se, ratio=mc_s / row["warm_s"])
 
@@ -89,14 +89,14 @@ def depth3_figure(sample: int) -> dict:
     return exact_depth.run(3, True, "gaussian", args, sample)
 
 
-def profile_attention(form: str, sample: int) -> str:
-    """cProfile of the sampled cold and warm exact runs (functions by total time)."""
+def profile_attention(form: str) -> str:
+    """cProfile of the cold and warm exact runs (functions by total and cumulative time)."""
     torch.set_num_threads(1)
     isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
     prof = cProfile.Profile()
     prof.enable()
     exact_depth.time_exact((attention(1, form), attention(2, form)),
-                           (attention(3, form), attention(4, form)), "gaussian", sample)
+                           (attention(3, form), attention(4, form)), "gaussian")
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
@@ -108,22 +108,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--all-orbits", action="store_true")
+    ap.add_argument("--depth3-orbits", type=int, default=None, metavar="N")
     ap.add_argument("--forms", nargs="+", default=["squared", "paired"], choices=["squared", "paired"])
     ap.add_argument("--only", nargs="+", default=["attention", "depth", "depth3"],
                     choices=["attention", "depth", "depth3"], help="figures to measure")
     args = ap.parse_args()
     torch.set_num_threads(1)
     repeats = 2 if args.quick else 3
-    sample = 0 if args.all_orbits else (100 if args.quick else 300)
+    sample = args.depth3_orbits or (100 if args.quick else 300)
     rows: dict = {"device": device_name(torch.device("cpu"))}
     print("| figure | cold | warm | other | ratio | peak RSS |")
     print("|---|---|---|---|---|---|")
     for form in args.forms if "attention" in args.only else ():
-        r, peak = in_child(attention_figure, form, sample)
+        r, peak = in_child(attention_figure, form)
         rows[f"attention_{form}"] = r | {"peak_mib": peak}
-        exact_value = "sampled" if r["exact"] is None else f"{r['exact']:.4f}"
-        print(f"| attention, {form} ({r['contractions']} contractions / inner; exact {exact_value}, "
+        print(f"| attention, {form} ({r['contractions']} contractions / inner; exact {r['exact']:.4f}, "
               f"MC {r['mc_estimate']:.4f} ± {r['mc_se']:.1e}, {r['mc_samples']} samples) "
               f"| {r['cold_s']:.2f} s | {r['warm_s']:.3f} s | MC {r['mc_s']:.2f} s "
               f"| {r['ratio']:.1f}× | {peak:.0f} MiB |", flush=True)
@@ -136,17 +135,17 @@ def main() -> None:
                   f"{r['group_order_log2']}, compile {r['compile_s']:.2f} s) "
                   f"| {m['cold_s']:.3f} s | {m['warm_s']:.3f} s | | | {peak:.0f} MiB |", flush=True)
     if "depth3" in args.only:
-        r, peak = in_child(depth3_figure, sample or 300)
+        r, peak = in_child(depth3_figure, sample)
         rows["depth3_exact_gaussian_biases"] = r | {"peak_mib": peak}
-            print(f"| depth 3 exact Gaussian, biases ({r['contractions']} contractions; "
+        print(f"| depth 3 exact Gaussian, biases ({r['contractions']} contractions; "
               f"{r.get('sampled', 'all')} orbits timed, scaled) | {r['cold_s']:.1f} s | "
               f"{r['warm_s']:.2f} s | | | {peak:.0f} MiB |", flush=True)
     if args.profile:
         for form in args.forms:
-            text, _ = in_child(profile_attention, form, sample)
+            text, _ = in_child(profile_attention, form)
             rows[f"profile_{form}"] = text
             print(f"\n## warm exact profile, {form}\n{text}")
-    save("attention" + ("_quick" if args.quick else "") + ("_all" if args.all_orbits else ""), rows)
+    save("attention" + ("_quick" if args.quick else "") + "_" + "_".join(args.only + args.forms), rows)
 
 
 if __name__ == "__main__":
