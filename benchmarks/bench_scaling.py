@@ -18,7 +18,7 @@ import math
 import time
 
 import torch
-from common import bar_models, closed_form_matrix, command, device_name, save, timed
+from common import bar_models, closed_form_matrix, command, device_name, monte_carlo_cosine, save, timed
 
 import tnsim
 from tnsim.ir._term import Term
@@ -94,26 +94,8 @@ def dense_similarity(a, b) -> float:
 def monte_carlo(a, b, target_se: float = 1e-3, batch: int = 8192, max_samples: int = 2**24, seed: int = 0):
     """Gaussian cosine by sampling until its standard error (delta method) is ``target_se``.
 
-    Returns (estimate, samples, seconds)."""
-    g = torch.Generator().manual_seed(seed)
-    d = a[0].in_features
-    moments = []
-    n = 0
-    t = time.perf_counter()
-    while True:
-        x = torch.randn(batch, d, generator=g)
-        fa, fb = a(x).double(), b(x).double()
-        moments.append(torch.stack([(fa * fb).sum(1), (fa * fa).sum(1), (fb * fb).sum(1)], 1))
-        n += batch
-        m = torch.cat(moments)
-        mu = m.mean(0)
-        cov = torch.cov(m.T) / n
-        ab, aa, bb = mu
-        cos = ab / torch.sqrt(aa * bb)
-        grad = torch.stack([1 / torch.sqrt(aa * bb), -0.5 * cos / aa, -0.5 * cos / bb])
-        se = float(torch.sqrt(grad @ cov @ grad))
-        if se <= target_se or n >= max_samples:
-            return float(cos), n, time.perf_counter() - t, se
+    Returns (estimate, samples, seconds, standard error)."""
+    return monte_carlo_cosine(a, b, (a[0].in_features,), target_se, batch, max_samples, seed)
 
 
 def monte_carlo_matrix(models, target_se: float = 1e-3, batch: int = 8192, max_samples: int = 2**22, seed: int = 0):

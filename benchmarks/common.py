@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -98,6 +100,51 @@ def closed_form_matrix(models) -> torch.Tensor:
     g = tr @ tr.T + 2 * sym
     d = torch.sqrt(torch.diagonal(g))
     return g / d[:, None] / d[None, :]
+
+
+def monte_carlo_cosine(fa, fb, shape, target_se: float = 1e-3, batch: int = 8192,
+                       max_samples: int = 2**24, seed: int = 0):
+    """Gaussian cosine of two models on inputs of ``shape`` (N(0, I)), sampled until its
+    standard error (delta method on the three second moments) is ``target_se``.
+
+    Returns (estimate, samples, seconds, standard error)."""
+    g = torch.Generator().manual_seed(seed)
+    moments = []
+    n = 0
+    t = time.perf_counter()
+    with torch.no_grad():
+        while True:
+            x = torch.randn((batch,) + tuple(shape), generator=g)
+            ya, yb = fa(x).double().flatten(1), fb(x).double().flatten(1)
+            moments.append(torch.stack([(ya * yb).sum(1), (ya * ya).sum(1), (yb * yb).sum(1)], 1))
+            n += batch
+            m = torch.cat(moments)
+            mu = m.mean(0)
+            cov = torch.cov(m.T) / n
+            ab, aa, bb = mu
+            cos = ab / torch.sqrt(aa * bb)
+            grad = torch.stack([1 / torch.sqrt(aa * bb), -0.5 * cos / aa, -0.5 * cos / bb])
+            se = float(torch.sqrt(grad @ cov @ grad))
+            if se <= target_se or n >= max_samples:
+                return float(cos), n, time.perf_counter() - t, se
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_child(fn, *args):
+    """``fn(*args)`` in a forked process, with that process's peak memory (MiB): each figure's
+    peak is its own, not the benchmark's running maximum."""
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_with_peak, (fn, args))
+
+
+def _with_peak(fn, args):
+    out = fn(*args)
+    return out, peak_rss_mib()
 
 
 def save(name: str, data: dict) -> Path:

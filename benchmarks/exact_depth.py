@@ -82,7 +82,14 @@ def main() -> None:
 
 
 def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
-    """Time one similarity cold and warm.
+    """Time one similarity of two stacks cold and warm (see :func:`time_exact`)."""
+    make = lambda seed: model(depth, args.d, args.hidden, bias, seed)  # noqa: E731
+    return time_exact((make(1), make(2)), (make(3), make(4)), measure, sample)
+
+
+def time_exact(cold_pair, warm_pair, measure: str, sample: int = 0) -> dict:
+    """Time ``tnsim.similarity(*cold_pair)`` from empty plan caches, then the structurally equal
+    ``warm_pair`` (every plan reused), both with ``method="exact"``.
 
     With ``sample`` > 0 only that many random orbits per inner product are contracted, and the
     time of the orbit loops (not of compilation or orbit enumeration) is scaled up by
@@ -111,19 +118,20 @@ def run(depth: int, bias: bool, measure: str, args, sample: int = 0) -> dict:
         value = f()
         return time.perf_counter() - t0 + sum(t * (k - 1) for t, k in loops if k > 1), value
 
-    a, b = model(depth, args.d, args.hidden, bias, 1), model(depth, args.d, args.hidden, bias, 2)
     _caches.clear()
     tnsim.clear_cache()
     contract.live_pairings, exact.contract_pairings = sampled, timed
     try:
-        cold, c = clock(lambda: tnsim.compare(a, b, measure=measure, method="exact"))
-        c2, d2 = model(depth, args.d, args.hidden, bias, 3), model(depth, args.d, args.hidden, bias, 4)
-        warm, _ = clock(lambda: tnsim.similarity(c2, d2, measure=measure, method="exact"))
+        cold, c = clock(lambda: tnsim.compare(*cold_pair, measure=measure, method="exact"))
+        cold_orbits = sum(orbits)
+        warm, _ = clock(lambda: tnsim.similarity(*warm_pair, measure=measure, method="exact"))
     finally:
         contract.live_pairings, exact.contract_pairings = all_pairings, all_loops
-    extrapolated = sample and orbits[0] > sample
-    # contractions after dropping exactly-vanishing pairings; a sample counts its orbits
-    row = dict(contractions=orbits[0] if extrapolated else c.cost.contractions // 3, cold_s=cold, warm_s=warm)
+    extrapolated = sample and max(orbits) > sample
+    # contractions after dropping exactly-vanishing pairings; a sample counts all orbits of
+    # the three inner products' term pairs
+    row = dict(contractions=cold_orbits // 3 if extrapolated else c.cost.contractions // 3,
+               cold_s=cold, warm_s=warm)
     return row | ({"sampled": sample} if extrapolated else {})
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "TensorTransformerBlock",
     "Embedding",
     "Unembedding",
+    "rope_matrices",
 ]
 
 
@@ -110,17 +111,46 @@ class Trilinear(_ProductLayer):
     FACTORS = ("a", "b", "c")
 
 
+def rope_matrices(n_ctx: int, d_head: int, base: float = 10000.0) -> torch.Tensor:
+    r"""Rotary position embedding as one rotation per position, shape ``(n_ctx, d, d)``.
+
+    The rotate-half convention (GPT-NeoX, Llama): with :math:`h = d/2` and
+    :math:`\theta_i = \mathrm{base}^{-2i/d}`, position :math:`t` maps
+    :math:`q \mapsto q\cos(t\theta) + \mathrm{rot}(q)\sin(t\theta)`, where
+    :math:`\mathrm{rot}(q) = (-q_{h:}, q_{:h})` and :math:`\theta` repeats over both halves:
+    a rotation by :math:`t\theta_i` in each plane :math:`(i, i+h)`. ``R[t] @ q`` applies it.
+    """
+    if d_head % 2:
+        raise ValueError(f"rotary embeddings need an even head width, got d_head={d_head}")
+    half = d_head // 2
+    theta = base ** (-torch.arange(half, dtype=torch.float64) * 2 / d_head)
+    angle = torch.arange(n_ctx, dtype=torch.float64)[:, None] * theta  # (n, half)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    R = torch.zeros(n_ctx, d_head, d_head, dtype=torch.float64)
+    i = torch.arange(half)
+    R[:, i, i] = cos
+    R[:, i + half, i + half] = cos
+    R[:, i, i + half] = -sin
+    R[:, i + half, i] = sin
+    return R.to(torch.get_default_dtype())
+
+
 class BilinearAttention(torch.nn.Module):
     r"""Multi-head attention with a polynomial score, on sequences ``(..., n, d_model)``.
 
     .. math::
-        y_t = \sum_h W_O^{h} \sum_{s} M_{ts}\, \sigma(q^h_t\cdot k^h_s)\, v^h_s,\qquad
-        q^h_t = W_Q^h x_t,\; k^h_s = W_K^h x_s,\; v^h_s = W_V^h x_s
+        y_t = \sum_h W_O^{h} \sum_{s} M_{ts}\, \sigma^h_{ts}\, v^h_s,\qquad
+        q^h_t = R_t(W_Q^h x_t + b_Q^h),\; k^h_s = R_s(W_K^h x_s + b_K^h),\;
+        v^h_s = W_V^h x_s + b_V^h
 
-    with :math:`\sigma(a) = c\,a` (degree 3 in :math:`X`) or, with ``squared=True``,
-    :math:`\sigma(a) = (c\,a)^2` (degree 5); :math:`c` = ``scale`` (default
-    :math:`1/\sqrt{d_{head}}`), :math:`M` the causal mask (:math:`s \le t`) or all ones.
-    No softmax: the score is a polynomial, so the layer is a tensor network.
+    with the score :math:`\sigma_{ts} = c\,(q_t\cdot k_s)` (degree 3 in :math:`X`),
+    :math:`(c\,q_t\cdot k_s)^2` with ``squared=True``, or the product of two score pairs
+    :math:`c^2 (q_t\cdot k_s)(q'_t\cdot k'_s)` with ``paired=True`` (its own :math:`W_{Q'},
+    W_{K'}`; degree 5); :math:`c` = ``scale`` (default :math:`1/\sqrt{d_{head}}`), :math:`M`
+    the causal mask (:math:`s \le t`) or all ones, :math:`R_t` the rotary embedding of
+    position :math:`t` (:func:`rope_matrices`; identity without ``rope``), biases :math:`b`
+    only with ``bias=True``. No softmax: the score is a polynomial, so the layer is a tensor
+    network.
 
     Parameters
     ----------
@@ -136,6 +166,16 @@ class BilinearAttention(torch.nn.Module):
         Square the score.
     residual
         Add the input to the output.
+    scale
+        The score factor :math:`c`.
+    bias
+        Biases on the query, key and value maps (and on the second pair's).
+    rope
+        Rotate queries and keys by their position (rotary embedding, ``rope_base``).
+    paired
+        Score with two (query, key) pairs, :math:`(q\cdot k)(q'\cdot k')`.
+    rope_base
+        The rotary embedding's base.
     """
 
     def __init__(
@@ -148,37 +188,67 @@ class BilinearAttention(torch.nn.Module):
         squared: bool = False,
         residual: bool = False,
         scale: float | None = None,
+        bias: bool = False,
+        rope: bool = False,
+        paired: bool = False,
+        rope_base: float = 10000.0,
     ):
         super().__init__()
+        if squared and paired:
+            raise ValueError("BilinearAttention: choose squared=True or paired=True, not both")
         d_head = d_head or max(1, d_model // n_heads)
         self.n_heads, self.d_head, self.n_ctx = n_heads, d_head, n_ctx
         self.causal, self.squared, self.residual = causal, squared, residual
+        self.paired, self.rope_base = paired, float(rope_base)
         self.scale = 1 / math.sqrt(d_head) if scale is None else float(scale)
-        self.q = torch.nn.Linear(d_model, n_heads * d_head, bias=False)
-        self.k = torch.nn.Linear(d_model, n_heads * d_head, bias=False)
-        self.v = torch.nn.Linear(d_model, n_heads * d_head, bias=False)
-        self.o = torch.nn.Linear(n_heads * d_head, d_model, bias=False)
+        width = n_heads * d_head
+        self.q = torch.nn.Linear(d_model, width, bias=bias)
+        self.k = torch.nn.Linear(d_model, width, bias=bias)
+        self.v = torch.nn.Linear(d_model, width, bias=bias)
+        self.o = torch.nn.Linear(width, d_model, bias=False)
+        # created after the first four so that default layers draw the same weights as before
+        self.q2 = torch.nn.Linear(d_model, width, bias=bias) if paired else None
+        self.k2 = torch.nn.Linear(d_model, width, bias=bias) if paired else None
         mask = torch.ones(n_ctx, n_ctx)
         self.register_buffer("mask", torch.tril(mask) if causal else mask, persistent=False)
+        rot = rope_matrices(n_ctx, d_head, rope_base) if rope else None
+        self.register_buffer("rope", rot, persistent=False)
 
     @property
     def d_model(self) -> int:
         return self.q.in_features
 
+    @property
+    def bias(self) -> bool:
+        return self.q.bias is not None
+
+    def score_pairs(self) -> list[tuple[torch.nn.Linear, torch.nn.Linear]]:
+        """The (query, key) maps whose dot products multiply into the score."""
+        if self.paired:
+            return [(self.q, self.k), (self.q2, self.k2)]
+        return [(self.q, self.k)] * (2 if self.squared else 1)
+
+    def _heads(self, lin: torch.nn.Linear, x: torch.Tensor, rotate: bool) -> torch.Tensor:
+        y = lin(x).unflatten(-1, (self.n_heads, self.d_head))  # (..., n, heads, d_head)
+        if rotate and self.rope is not None:
+            n = x.shape[-2]
+            y = torch.einsum("tef,...thf->...the", self.rope[:n].to(y.dtype), y)
+        return y
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Masked scores of shape ``(..., heads, n, n)`` (query position first)."""
         n = x.shape[-2]
-        q = self.q(x).unflatten(-1, (self.n_heads, self.d_head))
-        k = self.k(x).unflatten(-1, (self.n_heads, self.d_head))
-        s = torch.einsum("...the,...she->...hts", q, k) * self.scale
-        if self.squared:
-            s = s * s
+        s = None
+        for q_map, k_map in self.score_pairs():
+            q, k = self._heads(q_map, x, True), self._heads(k_map, x, True)
+            pair = torch.einsum("...the,...she->...hts", q, k) * self.scale
+            s = pair if s is None else s * pair
         return s * self.mask[:n, :n].to(s.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] > self.n_ctx:
             raise ValueError(f"input has {x.shape[-2]} positions, the layer at most {self.n_ctx}")
-        v = self.v(x).unflatten(-1, (self.n_heads, self.d_head))
+        v = self._heads(self.v, x, False)
         z = torch.einsum("...hts,...shf->...thf", self.scores(x), v).flatten(-2)
         y = self.o(z)
         return x + y if self.residual else y
@@ -189,19 +259,26 @@ class BilinearAttention(torch.nn.Module):
             raise IndexError(f"head {h} out of range for {self.n_heads} heads")
         h = h % self.n_heads
         out = BilinearAttention(
-            self.d_model, self.n_ctx, 1, self.d_head, self.causal, self.squared, False, self.scale
+            self.d_model, self.n_ctx, 1, self.d_head, self.causal, self.squared, False,
+            self.scale, self.bias, self.rope is not None, self.paired, self.rope_base,
         ).to(dtype=self.q.weight.dtype, device=self.q.weight.device)
         rows = slice(h * self.d_head, (h + 1) * self.d_head)
         with torch.no_grad():
-            for name in "qkv":
-                getattr(out, name).weight.copy_(getattr(self, name).weight[rows])
+            for name in ("q", "k", "v", "q2", "k2"):
+                src, dst = getattr(self, name), getattr(out, name)
+                if src is None:
+                    continue
+                dst.weight.copy_(src.weight[rows])
+                if src.bias is not None:
+                    dst.bias.copy_(src.bias[rows])
             out.o.weight.copy_(self.o.weight[:, rows])
         return out
 
     def extra_repr(self) -> str:
         return (
             f"n_ctx={self.n_ctx}, n_heads={self.n_heads}, d_head={self.d_head}, "
-            f"causal={self.causal}, squared={self.squared}, residual={self.residual}"
+            f"causal={self.causal}, squared={self.squared}, paired={self.paired}, "
+            f"rope={self.rope is not None}, bias={self.bias}, residual={self.residual}"
         )
 
 

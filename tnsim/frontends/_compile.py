@@ -189,16 +189,8 @@ def _bilinear(module: Bilinear, path: str, padded: bool) -> Network:
     D, L, R = bilinear_factors(module, padded)
     pre = f"{path}." if path else ""
     tags = (f"{pre}down", f"{pre}left", f"{pre}right")
-    sym = cp_term(D, [L, R], symmetric=True, tags=tags)
-    raw = cp_term(D, [L, R], symmetric=False, tags=tags)
+    terms, raws = product_terms(D, [L, R], tags, module.residual, padded, f"{pre}residual")
     d_in, d_out = L.shape[1], D.shape[0]
-    terms, raws = (sym,), (raw,)
-    if module.residual:
-        eye = torch.eye(d_in, dtype=L.dtype, device=L.device)
-        if padded:
-            eye[0, 0] = 0  # the bilinear term carries the constant coordinate
-        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
-        terms, raws = terms + (ident,), raws + (ident,)
     return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Bilinear")
 
 
@@ -212,67 +204,125 @@ def _trilinear(module: Trilinear, path: str, padded: bool) -> Network:
         mats.append(padded_matrix(w, b, True) if padded else w)
     D, A, B, C = mats
     tags = (f"{pre}down", f"{pre}a", f"{pre}b", f"{pre}c")
-    sym = cp_term(D, [A, B, C], symmetric=True, tags=tags)
-    raw = cp_term(D, [A, B, C], symmetric=False, tags=tags)
+    terms, raws = product_terms(D, [A, B, C], tags, module.residual, padded, f"{pre}residual")
     d_in, d_out = A.shape[1], D.shape[0]
-    terms, raws = (sym,), (raw,)
-    if module.residual:
-        eye = torch.eye(d_in, dtype=A.dtype, device=A.device)
-        if padded:
-            eye[0, 0] = 0
-        ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (f"{pre}residual",))
-        terms, raws = terms + (ident,), raws + (ident,)
     return Network(terms, (d_in,), (d_out,), padded, padded, None, raws, path or "Trilinear")
 
 
-def attention_term(module: BilinearAttention, path: str = "") -> Term:
-    r"""The attention term: copies (query at t, key at s, value at s), or with squared scores
-    (query, key, query, key, value); the mask is a tensor on the (t, s) position legs.
+def residual_units(core: torch.Tensor, factors: list[torch.Tensor]):
+    r"""A padded CP node with the residual :math:`x` folded in as :math:`d` more units.
 
-    Its symmetry group (for squared scores the swap of the two (query, key) pairs) is found
-    from the structure and verified numerically (:func:`tnsim.symmetry.with_symmetries`).
+    On padded inputs :math:`x_i = \tilde x_i \tilde x_0^{k-1}`, so
+    :math:`\tilde y = \tilde T(\tilde x, \dots) + (0, x)` is again one degree-:math:`k` CP node:
+    unit :math:`r = 1..d` reads :math:`e_r` with the first factor and the constant
+    :math:`e_0` with the others, and writes output :math:`r` (a square layer). One term per
+    layer keeps a residual stack of depth :math:`L` at one term (two terms per layer would
+    compose into doubly exponentially many) and gives the same homogenised tensor.
+    """
+    d = factors[0].shape[1] - 1
+    like = factors[0]
+    eye = torch.eye(d + 1, dtype=like.dtype, device=like.device)[1:]  # rows e_1..e_d
+    const = torch.zeros(d, d + 1, dtype=like.dtype, device=like.device)
+    const[:, 0] = 1
+    new = [torch.cat([factors[0], eye])] + [torch.cat([f, const]) for f in factors[1:]]
+    return torch.cat([core, eye.T.to(core.dtype)], dim=1), new
+
+
+def product_terms(core, factors, tags, residual: bool, padded: bool, residual_tag: str):
+    """``(terms, raw terms)`` of a CP product layer: the node symmetrised and raw, plus the
+    residual (folded into the node when padded, an identity term otherwise)."""
+    if residual and padded:
+        core, factors = residual_units(core, factors)
+    sym = cp_term(core, factors, symmetric=True, tags=tags)
+    raw = cp_term(core, factors, symmetric=False, tags=tags)
+    if not residual or padded:
+        return (sym,), (raw,)
+    d_in = factors[0].shape[1]
+    eye = torch.eye(d_in, dtype=core.dtype, device=core.device)
+    ident = Term((("y", "x"),), (eye,), (("x",),), ("y",), (residual_tag,))
+    return (sym, ident), (raw, ident)
+
+
+def _head_maps(lin: torch.nn.Linear, heads: int, padded: bool) -> torch.Tensor:
+    """A query/key/value map per head, ``(heads, d_head, d)`` (``d + 1`` with the bias column
+    on padded inputs)."""
+    w = _param(lin.weight)
+    if padded:
+        b = _param(lin.bias) if lin.bias is not None else None
+        w = padded_matrix(w, b, False)[1:]
+    return w.reshape(heads, -1, w.shape[-1])
+
+
+def attention_term(module: BilinearAttention, path: str = "") -> Term:
+    r"""The attention term: one (query at t, key at s) copy pair per score factor, then the
+    value at s; the mask is a tensor on the (t, s) position legs.
+
+    .. math::
+        y_{to} = c^P \sum_{s,h} M_{ts} W_O[o,h,f]\, \prod_{p=1}^{P}
+        (R_t W^{(p)}_Q \tilde x_t)_{he}(R_s W^{(p)}_K \tilde x_s)_{he}\; (W_V \tilde x_s)_{hf}
+
+    with :math:`P` = 1, or 2 score pairs (``squared``: the same maps twice; ``paired``: two),
+    :math:`R` the rotary embedding (a ``(position, e, e')`` tensor on the query and key legs;
+    absent without ``rope``) and :math:`\tilde x = (1, x)` when the maps have biases (their
+    bias is column 0). Its symmetry group (for squared scores the swap of the two (query, key)
+    pairs) is found from the structure and verified numerically
+    (:func:`tnsim.symmetry.with_symmetries`).
     """
     pre = f"{path}." if path else ""
-    H, E = module.n_heads, module.d_head
-    d = module.d_model
+    H = module.n_heads
     n = module.n_ctx
-    wq = _param(module.q.weight).reshape(H, E, d)
-    wk = _param(module.k.weight).reshape(H, E, d)
-    wv = _param(module.v.weight).reshape(H, E, d)
-    wo = _param(module.o.weight).reshape(-1, H, E)
-    mask = _param(module.mask)[:n, :n].to(wq.dtype)
-    inds = [("h", "e", "i"), ("h", "e", "j"), ("h", "f", "k"), ("o", "h", "f"), ("t", "s")]
-    arrays = [wq, wk, wv, wo, mask]
-    tags = [f"{pre}q", f"{pre}k", f"{pre}v", f"{pre}o", f"{pre}mask"]
-    copies = [("t", "i"), ("s", "j"), ("s", "k")]
-    coeff = module.scale
-    if module.squared:
-        inds[2:2] = [("h", "g", "i2"), ("h", "g", "j2")]
-        arrays[2:2] = [wq, wk]
-        tags[2:2] = [f"{pre}q", f"{pre}k"]
-        copies[2:2] = [("t", "i2"), ("s", "j2")]
-        coeff = module.scale**2
+    padded = module.bias
+    wv = _head_maps(module.v, H, padded)
+    wo = _param(module.o.weight).reshape(-1, H, module.d_head)
+    mask = _param(module.mask)[:n, :n].to(wv.dtype)
+    rope = _param(module.rope)[:n].to(wv.dtype) if module.rope is not None else None
+    inds, arrays, tags, copies = [], [], [], []
+    names = {id(module.q): "q", id(module.k): "k", id(module.q2): "q2", id(module.k2): "k2"}
+    for p, (q_map, k_map) in enumerate(module.score_pairs()):
+        for lin, pos, leg in ((q_map, "t", f"i{p}"), (k_map, "s", f"j{p}")):
+            inner = f"e{p}{pos}" if rope is not None else f"e{p}"
+            inds.append(("h", inner, leg))
+            arrays.append(_head_maps(lin, H, padded))
+            tags.append(pre + names[id(lin)])
+            copies.append((pos, leg))
+            if rope is not None:
+                inds.append((pos, f"e{p}", inner))
+                arrays.append(rope)
+                tags.append(f"{pre}rope")
+    inds += [("h", "f", "k"), ("o", "h", "f"), ("t", "s")]
+    arrays += [wv, wo, mask]
+    tags += [f"{pre}v", f"{pre}o", f"{pre}mask"]
+    copies.append(("s", "k"))
+    coeff = module.scale ** len(module.score_pairs())
     term = Term(tuple(inds), tuple(arrays), tuple(copies), ("t", "o"), tuple(tags), coeff=coeff)
     return with_symmetries(term)
 
 
-def _position_identity(n: int, d: int, like: torch.Tensor, tag: str, zero_constant: bool) -> Term:
-    eye = torch.eye(d, dtype=like.dtype, device=like.device)
-    if zero_constant:
-        eye[0, 0] = 0
+def _position_identity(n: int, d: int, like: torch.Tensor, tag: str, padded_input: bool) -> Term:
+    """``x -> x`` at every position, reading the real coordinates of a padded input if asked."""
+    eye = torch.eye(d + 1, dtype=like.dtype, device=like.device)[1:] if padded_input else torch.eye(
+        d, dtype=like.dtype, device=like.device
+    )
     ones = torch.ones(n, dtype=like.dtype, device=like.device)
     return Term((("t",), ("o", "i")), (ones, eye), (("t", "i"),), ("t", "o"), (tag, tag))
 
 
 @register(BilinearAttention)
 def _attention(module: BilinearAttention, path: str, padded: bool) -> Network:
+    if module.bias and not padded:
+        raise NotMultilinearError(
+            f"{path or 'the model'} (BilinearAttention with bias=True) needs the padded input "
+            "(1, x) for its biases; compile with pad=True (the default for biased models)"
+        )
     term = attention_term(module, path)
     n, d = module.n_ctx, module.d_model
+    biased = module.bias
     terms = (term,)
     if module.residual:
         like = term.arrays[0]
-        terms += (_position_identity(n, d, like, f"{path}.residual" if path else "residual", False),)
-    net = Network(terms, (n, d), (n, d), False, False, None, None, path or "BilinearAttention")
+        tag = f"{path}.residual" if path else "residual"
+        terms += (_position_identity(n, d, like, tag, biased),)
+    net = Network(terms, (n, d + biased), (n, d), biased, False, None, None, path or "BilinearAttention")
     return simplify(pad_output(pad_input(net))) if padded else net
 
 

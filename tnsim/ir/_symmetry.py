@@ -23,8 +23,8 @@ import torch
 from networkx.algorithms.isomorphism import GraphMatcher
 
 from ..errors import StructureError
-from ._groups import Perm, closure
-from ._term import Term, _minimal_generators
+from ._groups import Perm, StabiliserChain, minimal_generators
+from ._term import Term
 
 __all__ = ["find_symmetries", "verify_symmetries", "with_symmetries"]
 
@@ -84,7 +84,7 @@ def find_symmetries(term: Term, limit: int = MAX_AUTOMORPHISMS) -> tuple[Perm, .
             found.append(perm)
         if count + 1 >= limit:
             break
-    return _minimal_generators(found, k)
+    return minimal_generators(found, k)
 
 
 def verify_symmetries(term: Term, gens) -> None:
@@ -113,18 +113,13 @@ def with_symmetries(term: Term, declared=None, detect: bool = True) -> Term:
         verify_symmetries(term, declared)
         gens += declared
     if detect and k >= 2:
-        known = {tuple(int(v) for v in row) for row in closure(gens, k)} if gens else {tuple(range(k))}
+        known = StabiliserChain(gens, k)
         for g in find_symmetries(term):
-            if g not in known and term.check_invariance(g):
+            if not known.contains(g) and term.check_invariance(g):
                 gens.append(g)
-                known = {tuple(int(v) for v in row) for row in closure(gens, k)}
-    gens = _minimal_generators(gens, k)
+                known.add(g)
+    gens = minimal_generators(gens, k)
     if gens == tuple(term.group):
         return term
     return replace(term, group=gens)
-
-
-def group_order(term: Term) -> int:
-    """Order of a term's group."""
-    return len(closure(term.group, term.degree)) if term.group else 1
 

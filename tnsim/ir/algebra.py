@@ -27,9 +27,9 @@ from dataclasses import replace
 import torch
 
 from ..errors import ShapeMismatchError, StructureError
-from ._groups import shift
+from ._groups import Generators, shift
 from ._network import Network, pad_input, strip_output_pad
-from ._term import Term, _minimal_generators
+from ._term import Term
 
 __all__ = [
     "broadcast_to",
@@ -38,6 +38,7 @@ __all__ = [
     "constant",
     "einsum",
     "index",
+    "merge_terms",
     "mul",
     "permute",
     "plus",
@@ -78,7 +79,7 @@ def combine_terms(parts: list[Term], specs: list[str], out: str, coeff: float = 
     ``specs[p]`` has one letter per output axis of ``parts[p]``; equal letters become one index
     (a hyperindex when more than two legs meet), letters in ``out`` are the new outputs (in
     that order), the others are summed. Copies are concatenated in part order and each part's
-    group acts on its own block.
+    group acts on its own block (a direct product: the order is the product of the orders).
     """
     if len(set(out)) != len(out):
         raise StructureError(f"output letters {out!r} repeat")
@@ -109,7 +110,7 @@ def combine_terms(parts: list[Term], specs: list[str], out: str, coeff: float = 
         copies=tuple(copies),
         outputs=tuple(f"L{c}" for c in out),
         tags=tuple(tags),
-        group=_minimal_generators(gens, total),
+        group=Generators(gens, math.prod(t.group_order for t in parts)),
         coeff=coeff,
     )
 
@@ -634,6 +635,144 @@ def _merge_pairs(inds: list, arrays: list, tags: list, open_legs: set) -> None:
             changed = True
 
 
+#: the merge pass builds no tensor with more elements than this
+MERGE_MAX_ELEMENTS = 1 << 22
+#: and compares terms pairwise only in networks with at most this many terms
+MERGE_MAX_TERMS = 2048
+
+
+def _same_array(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return x is y or (x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y)))
+
+
+def _in_canonical_order(t: Term) -> Term:
+    """The term with its tensors sorted by their open legs and shapes (internal index names
+    follow), so that terms built in different orders can have equal structures."""
+    open_legs = set(t.outputs) | {i for c in t.copies for i in c}
+    off = 0 if t.batch is None else 1
+
+    def key(k: int):
+        return tuple(i if i in open_legs else "" for i in t.inds[k]), tuple(t.arrays[k].shape[off:])
+
+    order = sorted(range(len(t.inds)), key=key)
+    if order == list(range(len(t.inds))):
+        return t
+    pick = lambda xs: [xs[k] for k in order]  # noqa: E731
+    return _with(t, pick(t.inds), pick(t.arrays), pick(t.tags), t.outputs)
+
+
+def _differing(a: Term, b: Term) -> list[int] | None:
+    """Positions of the tensors in which two terms of one structure differ (``None``: the
+    structures differ, or a term is batched)."""
+    if a.batch is not None or b.batch is not None or a.coeff == 0 or a.structure != b.structure:
+        return None
+    return [k for k, (x, y) in enumerate(zip(a.arrays, b.arrays)) if not _same_array(x, y)]
+
+
+def _boundary(t: Term, part: list[int]) -> tuple[str, ...]:
+    """Indices of the tensors ``part`` that are open or also on a tensor outside ``part``."""
+    open_legs = set(t.outputs) | {i for c in t.copies for i in c}
+    outside = {i for k, ix in enumerate(t.inds) if k not in part for i in ix}
+    inside = dict.fromkeys(i for k in part for i in t.inds[k])
+    return tuple(i for i in inside if i in open_legs or i in outside)
+
+
+class _MergeCache:
+    """Results of one merge pass, keyed by the identities of their inputs, so that terms
+    merged from the same tensors share the merged tensor (and merge further)."""
+
+    def __init__(self):
+        self.results: dict = {}
+        self.alive: list = []  # inputs stay alive, so their ids are not reused
+
+    def get(self, key, inputs, make):
+        if key not in self.results:
+            self.results[key] = make()
+            self.alive.append(inputs)
+        return self.results[key]
+
+
+def _contract_part(t: Term, part: list[int], out: tuple[str, ...], cache: _MergeCache) -> torch.Tensor:
+    arrays = [t.arrays[k] for k in part]
+    key = ("contract", tuple(id(x) for x in arrays), tuple(t.inds[k] for k in part), out)
+    letters = {i: string.ascii_letters[n] for n, i in enumerate(dict.fromkeys(
+        i for k in part for i in t.inds[k]))}
+    spec = ",".join("".join(letters[i] for i in t.inds[k]) for k in part)
+    spec += "->" + "".join(letters[i] for i in out)
+    return cache.get(key, arrays, lambda: torch.einsum(spec, *arrays))
+
+
+def _merged(a: Term, b: Term, part: list[int], cache: _MergeCache) -> Term | None:
+    r"""One term equal to ``a + b``, for terms of one structure that differ only in the
+    tensors ``part``: :math:`c_a T(X_a) + c_b T(X_b) = c_a T(X_a + (c_b/c_a) X_b)`, where
+    :math:`X` is the contraction of the tensors ``part`` over their internal indices (the
+    tensor itself when ``part`` is one tensor). ``None`` if :math:`X` would be too large."""
+    ratio = b.coeff / a.coeff
+    support = None
+    if a.support is not None and b.support is not None:
+        support = tuple(tuple(p or q for p, q in zip(sa, sb)) for sa, sb in zip(a.support, b.support))
+    if not part:
+        return replace(a, coeff=a.coeff + b.coeff, support=support)
+    out = _boundary(a, part) if len(part) > 1 else a.inds[part[0]]
+    sizes = a.size_dict
+    if len(part) > 1 and math.prod(sizes[i] for i in out) > MERGE_MAX_ELEMENTS:
+        return None
+    xa, xb = (_contract_part(t, part, out, cache) if len(part) > 1 else t.arrays[part[0]] for t in (a, b))
+    summed = cache.get(("sum", id(xa), id(xb), ratio), (xa, xb), lambda: xa + ratio * xb)
+    if len(part) == 1:
+        arrays = list(a.arrays)
+        arrays[part[0]] = summed
+        return replace(a, arrays=tuple(arrays), support=support)
+    first = min(part)
+    keep = [k for k in range(len(a.inds)) if k not in part or k == first]
+    inds = [out if k == first else a.inds[k] for k in keep]
+    arrays = [summed if k == first else a.arrays[k] for k in keep]
+    named = [k for k in part if a.tags[k] not in _GENERIC_TAGS] or part
+    main = max(named, key=lambda k: a.arrays[k].numel())  # the weight, not a cos or mask
+    tags = [a.tags[main] if k == first else a.tags[k] for k in keep]
+    return replace(_with(a, inds, arrays, tags, a.outputs), support=support)
+
+
+def _merge_once(terms: list[Term], merged: list[bool], max_part: int | None, cache: _MergeCache) -> bool:
+    """Merge the first mergeable pair (differing in at most ``max_part`` tensors), in place."""
+    for i in range(len(terms)):
+        for j in range(i + 1, len(terms)):
+            part = _differing(terms[i], terms[j])
+            if part is None or (max_part is not None and len(part) > max_part):
+                continue
+            new = _merged(terms[i], terms[j], part, cache)
+            if new is not None:
+                terms[i], merged[i] = _in_canonical_order(new), True
+                del terms[j], merged[j]
+                return True
+    return False
+
+
+def merge_terms(terms: tuple[Term, ...]) -> tuple[Term, ...]:
+    r"""Sum terms that share a structure into fewer terms.
+
+    Two terms with equal structure (indices, shapes, copies, outputs, group) whose tensors are
+    the same except the tensors ``P`` are one term:
+    :math:`c_a T(X_a) + c_b T(X_b) = c_a T(X_a + \tfrac{c_b}{c_a} X_b)`, with :math:`X` the
+    contraction of ``P`` over the indices no other tensor carries. Pairs differing in one
+    tensor (or none) are merged first, which keeps the structure, then pairs differing in
+    more, which contracts ``P`` (at most :data:`MERGE_MAX_ELEMENTS` elements). For example
+    rotary embeddings written as ``q * cos + rotate_half(q) * sin`` trace into three terms per
+    query, which merge into one per-position map :math:`R_t W_Q`; the group of the merged
+    term is the terms' common group.
+    """
+    if len(terms) < 2 or len(terms) > MERGE_MAX_TERMS:
+        return terms
+    out, cache = [_in_canonical_order(t) for t in terms], _MergeCache()
+    merged = [False] * len(out)
+    for max_part in (1, None):
+        while _merge_once(out, merged, max_part, cache):
+            pass
+    if not any(merged):
+        return terms
+    return tuple(out)
+
+
 def _nonzero(terms: tuple[Term, ...]) -> tuple[Term, ...]:
     """Terms without an all-zero tensor (at least one term is kept)."""
     kept = tuple(t for t in terms if t.coeff != 0 and all(bool(x.any()) for x in t.arrays))
@@ -641,11 +780,16 @@ def _nonzero(terms: tuple[Term, ...]) -> tuple[Term, ...]:
 
 
 def simplify(net: Network) -> Network:
-    """:func:`simplify_term` on every term (layers too); terms that vanish are dropped."""
+    """:func:`simplify_term` on every term (layers too), terms that share a structure merged
+    (:func:`merge_terms`); terms that vanish are dropped."""
     layers = tuple(simplify(layer) for layer in net.layers) if net.layers else None
+
+    def clean(terms: tuple[Term, ...]) -> tuple[Term, ...]:
+        return _nonzero(merge_terms(tuple(simplify_term(t) for t in terms)))
+
     return replace(
         net,
-        terms=_nonzero(tuple(simplify_term(t) for t in net.terms)),
-        raw=_nonzero(tuple(simplify_term(t) for t in net.raw)) if net.raw is not None else None,
+        terms=clean(net.terms),
+        raw=clean(net.raw) if net.raw is not None else None,
         layers=layers,
     )
