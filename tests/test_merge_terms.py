@@ -12,7 +12,7 @@ from seqmodels import run_network
 import tnsim
 from tnsim.ir._term import Term
 from tnsim.ir.algebra import merge_terms
-from tnsim.plan._contract import evaluate_term
+from tnsim.ir._term import evaluate_term
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
