@@ -313,7 +313,7 @@ def marginal_moments(name: str, order: int) -> torch.Tensor:
 #: how :func:`marginal` builds each product measure (reported with the results)
 MARGINALS = {
     "gaussian": "N(0, 1) (closed form)",
-    "half_gaussian": "|N(0, 1)| (5-node rule, moments ≤ 9 exact)",
+    "half_gaussian": "folded N(0, 1) (5-node rule, moments ≤ 9 exact)",
     "bimodal": "±1 + 0.3 N(0, 1) (5-node rule, moments ≤ 9 exact)",
     "uniform": "U(−1, 1) (closed form)",
     "laplace": "Laplace(0, 1/√2) (closed form)",
