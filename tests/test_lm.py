@@ -118,6 +118,28 @@ def test_checkpoints_round_trip(tmp_path):
     assert E.load(tmp_path, {"a": 2}, cfg) is None  # another configuration: retrain
 
 
+def test_first_layer_categorical_similarity_by_hand():
+    """E[emb_a(x)·emb_b(x)] over i.i.d. tokens with the text's unigram frequencies, from the
+    modules' own forward passes: positions are independent and each reads one token."""
+    cfg = E.MODES["quick"]
+    models = [E.model(s, cfg).double() for s in (0, 1, 2)]
+    text = torch.tensor([0, 1, 1, 2, 5, 5, 5, 31, 0, 0])
+    probs = torch.bincount(text, minlength=E.VOCAB).double() / len(text)
+    same = torch.arange(E.VOCAB)[:, None].expand(E.VOCAB, cfg["n_ctx"])  # token t at every position
+    with torch.no_grad():
+        emb = [m[0](same) for m in models]  # (V, n_ctx, d)
+
+    def inner(i, j):
+        return float((probs * (emb[i] * emb[j]).sum((1, 2))).sum())
+
+    mats = E.first_layer_matrices(models, tnsim.CategoricalMeasure.fit(text, E.VOCAB))
+    cat, gauss = mats[E.FIRST_LAYER[0]][0], mats[E.FIRST_LAYER[1]][0]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert float(cat[i, j]) == pytest.approx(inner(i, j) / math.sqrt(inner(i, i) * inner(j, j)), abs=1e-10)
+    # the token distribution matters: N(0, I) on the same embeddings gives other numbers
+    assert float((cat - gauss).abs().max()) > 0.05
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm")
@@ -146,9 +168,15 @@ def test_quick_run(quick):
     tensor = torch.tensor(mats["tensor"], dtype=torch.float64)
     assert torch.allclose(tensor.diagonal().double(), torch.ones(len(recs), dtype=torch.float64), atol=1e-6)
     assert len(mats["measure"]) == len(results["measure_subset"]) < len(recs)
-    if getattr(tnsim, "CategoricalMeasure", None) is None:
-        assert s["measure"].startswith("Gaussian N(0, I)")
-    assert len(res["correlations"]) == 10
+    # the whole model under N(0, I); the categorical measure on the embedding, every checkpoint
+    assert s["measure"].startswith("Gaussian N(0, I)")
+    for label in E.FIRST_LAYER:
+        m = torch.tensor(mats[label], dtype=torch.float64)
+        assert m.shape == (len(recs), len(recs)) and torch.allclose(m.diagonal(), torch.ones(len(recs), dtype=torch.float64))
+    probs = torch.tensor(s["measures"]["unigram_probs"])
+    assert probs.sum().item() == pytest.approx(1) and probs[0] == probs.max()  # space is the commonest
+    n_metrics = 7
+    assert len(res["correlations"]) == n_metrics * (n_metrics - 1) // 2
     rows = {(r["a"], r["b"]): r for r in res["correlations"]}
     assert rows[("tensor", "output cosine")]["spearman"] > 0.5
     assert rows[("output cosine", "output cosine (centred logits)")]["pairs"] == len(recs) * (len(recs) - 1) // 2

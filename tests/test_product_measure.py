@@ -91,6 +91,20 @@ def test_finite_support_one_layer(bias, residual):
         check_all(a, b, product(**spec), x, w)
 
 
+def test_symmetric_and_skewed_marginals_do_not_share_filtered_orbits():
+    """Two product measures of one kind (``values=``) with the same models: a symmetric marginal
+    drops the odd blocks as zero, a skewed one must not (regression: the filtered orbit list was
+    cached without the vanishing block sizes, so the second gave a wrong value or crashed)."""
+    a, b = one_layer(5), one_layer(6)
+    symmetric = {"values": torch.tensor([0.5, 1.5], **F64)}  # odd cumulants 0, mean not (as SKEWED)
+    for spec in (symmetric, SKEWED, symmetric):
+        x, w = bm.finite_points(spec["values"], spec.get("probs", torch.full((len(spec["values"]),), 0.5)), (3,))
+        m = tnsim.ProductMeasure(**spec)
+        assert rel(tnsim.inner(a, b, measure=m), bm.inner(a, b, x, w)) < RTOL, spec
+        assert rel(tnsim.similarity_matrix([a, b], measure=m, progress=False)[0, 1].item(),
+                   bm.similarity(a, b, x, w)) < RTOL, spec
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_finite_support_two_layers(bias):
     a, b = two_layer(3, bias=bias), two_layer(4, bias=bias)

@@ -168,13 +168,17 @@ _LIVE = _caches.memo("live pairings", maxsize=4096)
 
 def live_pairings(sides: list[Side], kernel) -> tuple[list[Pairing], float]:
     """:func:`pairings` without the exactly-zero ones (:func:`vanishing_rule`), remembered per
-    structure: the terms' structures, virtual copies and supports, and the kernel's rules.
+    structure: the terms' structures, virtual copies and supports, and the kernel's rules
+    (including which block sizes vanish: two product measures of one family can differ there,
+    e.g. a symmetric and a skewed marginal).
 
     A matrix of checkpoints meets the same term pairs in every block; enumerating and
     filtering their orbits once (rather than per block) keeps the warm loop to contractions.
     """
+    copies = sum(s.degree for s in sides)
     key = (
         kernel.scheme, _flag(kernel), kernel.decoupled, kernel.const_blocks, kernel.real_mean_zero,
+        tuple(r for r in range(2, copies + 1) if kernel.zero_size(r)),
         tuple(kernel.spaces[lab].padded for lab in "ab"),
         tuple((s.term.structure, s.virtual, copy_support(s.term) if kernel.decoupled else None) for s in sides),
     )

@@ -19,12 +19,21 @@ characters of context exist), the model's next-character distribution :math:`q_t
 {softmax}(\text{logits}_t)` is scored by :math:`\mathrm{KL}(p_k(\cdot\mid\text{context})\,\|\,q_t)`,
 averaged over positions — low when the model predicts like the k-gram statistics.
 
-Metrics across checkpoints: tensor similarity (``method="recursive"``); the measure metric —
-``tnsim.CategoricalMeasure`` fitted to the training characters when the engine offers one,
-otherwise the Gaussian :math:`\mathcal N(0, I)` (which one ran is recorded), on every
-``measure_every``-th checkpoint (it is the slowest); matrix cosine; output cosine of the logits
-on held-out windows, raw and with the mean over the vocabulary removed. Correlations: Pearson
-and Spearman of the off-diagonal entries between every two metrics.
+Metrics across checkpoints: tensor similarity (``method="recursive"``); the measure metric on
+the whole model — the Gaussian :math:`\mathcal N(0, I)` (``method="recursive"``), on every
+``measure_every``-th checkpoint (it is the slowest); the exact categorical token measure
+(:class:`tnsim.CategoricalMeasure` fitted to the training characters) and, for comparison,
+:math:`\mathcal N(0, I)`, both on the first layer only, the embedding
+``tnsim.slice(model, 0, 1)`` (:func:`first_layer`), on every checkpoint; matrix cosine; output
+cosine of the logits on held-out windows, raw and with the mean over the vocabulary removed.
+Correlations: Pearson and Spearman of the off-diagonal entries between every two metrics.
+
+Why the categorical measure covers only the embedding: it has no recursive closure
+(``method="recursive"`` is exact for one layer and refused beyond), and its exact set-partition
+sum over the copies of a whole two-layer model (a degree-9 polynomial: 18 input copies) or even
+of the embedding and the first attention layer (degree 3, 6 copies, 203 partitions of dense
+:math:`V^r` one-hot cumulants: 744 contractions and about :math:`2.5\times10^{10}` flops per
+inner product at ``d_model`` 8, by :func:`tnsim.cost`) does not fit a run of minutes.
 """
 
 from __future__ import annotations
@@ -54,8 +63,8 @@ MODES = {
     "quick": dict(
         seeds=[0],
         files=24,
-        d_model=8,
-        n_heads=2,
+        d_model=4,
+        n_heads=1,
         n_ctx=4,
         steps=300,
         checkpoints=10,
@@ -305,13 +314,16 @@ def phases_from(orders: list[int]) -> list[tuple[str, int, int]]:
     return out
 
 
-def measure_used():
-    """``(measure, label)``: the fitted categorical token measure if the engine has one (fit in
-    :func:`metrics`), else the Gaussian ``N(0, I)``."""
-    cat = getattr(tnsim, "CategoricalMeasure", None)
-    return (cat, "categorical (fitted to the training characters)") if cat else (
-        "gaussian", "Gaussian N(0, I) (this tnsim has no CategoricalMeasure)"
-    )
+#: the whole-model measure metric (the categorical measure cannot reach beyond the first layer)
+MEASURE_LABEL = "Gaussian N(0, I) (whole model)"
+#: the first-layer metrics, in the order of the matrices
+FIRST_LAYER = ("categorical: embedding", "N(0,I): embedding")
+
+
+def first_layer(model: torch.nn.Sequential) -> tnsim.Network:
+    """The embedding (token and positional) of the language model, ``tnsim.slice(model, 0, 1)``:
+    the part of the model that the categorical measure compares exactly here."""
+    return tnsim.slice(model, 0, 1)
 
 
 def timed(fn, *args, **kwargs) -> tuple[torch.Tensor, float]:
@@ -320,8 +332,23 @@ def timed(fn, *args, **kwargs) -> tuple[torch.Tensor, float]:
     return m, time.perf_counter() - t
 
 
+def first_layer_matrices(models, tokens) -> dict[str, tuple[torch.Tensor, float]]:
+    """``{label: (matrix, seconds)}`` of :data:`FIRST_LAYER`: the similarity of the models'
+    embeddings (:func:`first_layer`) under the categorical measure ``tokens`` and under
+    :math:`\mathcal N(0, I)` (float64, exact)."""
+    layer = [first_layer(m) for m in models]
+    out = {}
+    for label, measure in zip(FIRST_LAYER, (tokens, "gaussian")):
+        m, sec = timed(
+            tnsim.similarity_matrix, layer, measure=measure, method="recursive", progress=False
+        )
+        out[label] = (m.detach().to(torch.float64), sec)
+    return out
+
+
 def metrics(models, subset, held, train_tokens, log) -> tuple[dict, dict, dict]:
-    """Similarity matrices (the measure metric on ``subset`` only), seconds per matrix entry."""
+    """Similarity matrices (the whole-model measure metric on ``subset`` only) and seconds per
+    matrix entry; the third value says which measure ran on what."""
     onehot = torch.nn.functional.one_hot(held[:, :-1], VOCAB).float()
     n = held.shape[1] - 1
     centre = torch.kron(torch.eye(n), torch.eye(VOCAB) - 1.0 / VOCAB).double()
@@ -329,24 +356,28 @@ def metrics(models, subset, held, train_tokens, log) -> tuple[dict, dict, dict]:
     mats["tensor"], seconds["tensor"] = timed(
         C.metric_matrix, "tensor", models, method="recursive", progress=False
     )
-    measure, label = measure_used()
-    if measure != "gaussian":
-        measure = measure.fit(train_tokens)
     picked = [models[i] for i in subset]
-    m, seconds["measure"] = timed(
-        tnsim.similarity_matrix, picked, measure=measure, method="recursive", progress=False
+    mats["measure"], seconds["measure"] = timed(
+        C.metric_matrix, "gaussian", picked, method="recursive", progress=False
     )
-    mats["measure"] = m.detach().to(torch.float64)
+    tokens = tnsim.CategoricalMeasure.fit(train_tokens, VOCAB)
+    for label, (m, sec) in first_layer_matrices(models, tokens).items():
+        mats[label], seconds[label] = m, sec
     mats["matrix cosine"] = C.metric_matrix("matrix", models)
     mats["output cosine"] = C.metric_matrix("output", models, data=onehot)
     mats["output cosine (centred logits)"] = C.metric_matrix(
         "output", models, data=onehot, outputs=centre
     )
-    entries = {"tensor": len(models) * (len(models) + 1) // 2,
-               "measure": len(picked) * (len(picked) + 1) // 2}
-    per = {k: seconds[k] / entries[k] for k in seconds}
+    full, sub = len(models) * (len(models) + 1) // 2, len(picked) * (len(picked) + 1) // 2
+    per = {k: seconds[k] / (sub if k == "measure" else full) for k in seconds}
     log(f"  seconds per matrix entry: {per}")
-    return mats, per, {"measure": label}
+    used = {
+        "measure": MEASURE_LABEL,
+        "first_layer": "tnsim.slice(model, 0, 1): token + positional embedding",
+        "categorical": tokens.describe(),
+        "unigram_probs": tokens.probs.tolist(),
+    }
+    return mats, per, used
 
 
 def restricted(mats: dict, subset: list[int], a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,6 +470,7 @@ def summarise(records, tables, held, orders, phases, per_entry, used) -> dict:
         "phases": phases,
         "seconds_per_entry": per_entry,
         "measure": used["measure"],
+        "measures": used,
         "checkpoints": len(records),
     }
 
@@ -466,15 +498,17 @@ def figures(res, traj, mats, subset, phases, summary, corr) -> None:
     every = subset[1] - subset[0] if len(subset) > 1 else 1
     panels = [
         ("tensor similarity", mats["tensor"], list(range(len(steps_all)))),
-        (f"measure: {summary['measure'].split(' (')[0]}\n(one checkpoint in {every})",
+        (f"Gaussian N(0, I), whole model\n(one checkpoint in {every})",
          mats["measure"], subset),
+        ("categorical measure (embedding only)", mats[FIRST_LAYER[0]], list(range(len(steps_all)))),
+        ("Gaussian N(0, I) (embedding only)", mats[FIRST_LAYER[1]], list(range(len(steps_all)))),
         ("matrix cosine", mats["matrix cosine"], list(range(len(steps_all)))),
         ("output cosine (held-out logits)", mats["output cosine"], list(range(len(steps_all)))),
         ("output cosine (centred logits)", mats["output cosine (centred logits)"],
          list(range(len(steps_all)))),
     ]
-    fig = plot.figure(11, 7.4)
-    axes = fig.subplots(2, 3).ravel()
+    fig = plot.figure(14, 7.4)
+    axes = fig.subplots(2, 4).ravel()
     boundary = [start for _, start, _ in phases[1:]]
     for ax, (title, m, index) in zip(axes, panels):
         plot.heatmap(ax, m, title=title)
@@ -531,7 +565,10 @@ def report_md(s: dict, corr: list[dict], cfg: dict, subset: list[int]) -> str:
         "",
         f"Nearest n-gram per checkpoint (phases, checkpoint index ranges): {ph}.",
         "",
-        f"Measure metric: {s['measure']}, on checkpoints {subset}.",
+        f"Measure metric: {s['measure']}, on checkpoints {subset}. First layer "
+        f"({s['measures']['first_layer']}), every checkpoint: {s['measures']['categorical']} "
+        "(unigram frequencies of the training characters) and Gaussian N(0, I). The categorical "
+        "measure has no recursive closure, so it reaches only the first layer here.",
         f"Engine seconds per matrix entry: {s['seconds_per_entry']}.",
         "",
         "Correlations of the off-diagonal entries:",
