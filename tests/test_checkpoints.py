@@ -153,6 +153,8 @@ def _every_module():
         "trilinear_plain": (nn.Trilinear(3, 2, 2).double(), (3,)),
         "attention": (nn.BilinearAttention(2, 3, n_heads=2, d_head=1, causal=False, squared=True,
                                             residual=True, scale=0.7).double(), (3, 2)),
+        "attention_rope_paired": (nn.BilinearAttention(4, 3, n_heads=2, bias=True, rope=True, paired=True,
+                                                       residual=True, rope_base=100.0).double(), (3, 4)),
         "block": (nn.TensorTransformerBlock(2, 2, d_hidden=3, bias=True).double(), (2, 2)),
         "embedding": (nn.Embedding(3, 2).double(), (2, 3)),
         "language_model": (

@@ -95,6 +95,10 @@ def _attention(m: BilinearAttention) -> dict:
         "squared": bool(m.squared),
         "residual": bool(m.residual),
         "scale": float(m.scale),
+        "bias": m.q.bias is not None,
+        "rope": m.rope is not None,
+        "paired": bool(m.paired),
+        "rope_base": float(m.rope_base),
     }
 
 
@@ -255,7 +259,10 @@ SCHEMA: dict[str, dict] = {
     "Unembedding": {"d_in": (_positive, _REQUIRED), "d_out": (_positive, _REQUIRED)},
     "Bilinear": _PRODUCT,
     "Trilinear": _PRODUCT,
-    "BilinearAttention": {**_ATTENTION, "residual": (_flag, False), "scale": (_finite, None)},
+    "BilinearAttention": {
+        **_ATTENTION, "residual": (_flag, False), "scale": (_finite, None), "bias": (_flag, False),
+        "rope": (_flag, False), "paired": (_flag, False), "rope_base": (_finite, 10000.0),
+    },
     "TensorTransformerBlock": {
         **_ATTENTION, "d_hidden": (_optional_positive, None), "bias": (_flag, False),
     },
@@ -275,7 +282,8 @@ _MAKERS = {
     "Trilinear": lambda a: Trilinear(a["d_in"], a["d_hidden"], a["d_out"], bias=a["bias"], residual=a["residual"]),
     "BilinearAttention": lambda a: BilinearAttention(
         a["d_model"], a["n_ctx"], a["n_heads"], a["d_head"], causal=a["causal"],
-        squared=a["squared"], residual=a["residual"], scale=a["scale"],
+        squared=a["squared"], residual=a["residual"], scale=a["scale"], bias=a["bias"],
+        rope=a["rope"], paired=a["paired"], rope_base=a["rope_base"],
     ),
     "TensorTransformerBlock": lambda a: TensorTransformerBlock(
         a["d_model"], a["n_ctx"], a["n_heads"], a["d_head"], a["d_hidden"], causal=a["causal"],

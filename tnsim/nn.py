@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .errors import InvalidArgumentError
+
 __all__ = [
     "Linear",
     "Bilinear",
@@ -50,7 +52,7 @@ class _ProductLayer(torch.nn.Module):
         super().__init__()
         d_out = d_in if d_out is None else d_out
         if residual and d_out != d_in:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"a residual {type(self).__name__} needs d_out == d_in, got {d_in} -> {d_out}"
             )
         for name in self.FACTORS:
@@ -121,7 +123,7 @@ def rope_matrices(n_ctx: int, d_head: int, base: float = 10000.0) -> torch.Tenso
     a rotation by :math:`t\theta_i` in each plane :math:`(i, i+h)`. ``R[t] @ q`` applies it.
     """
     if d_head % 2:
-        raise ValueError(f"rotary embeddings need an even head width, got d_head={d_head}")
+        raise InvalidArgumentError(f"rotary embeddings need an even head width, got d_head={d_head}")
     half = d_head // 2
     theta = base ** (-torch.arange(half, dtype=torch.float64) * 2 / d_head)
     angle = torch.arange(n_ctx, dtype=torch.float64)[:, None] * theta  # (n, half)
@@ -195,7 +197,7 @@ class BilinearAttention(torch.nn.Module):
     ):
         super().__init__()
         if squared and paired:
-            raise ValueError("BilinearAttention: choose squared=True or paired=True, not both")
+            raise InvalidArgumentError("BilinearAttention: choose squared=True or paired=True, not both")
         d_head = d_head or max(1, d_model // n_heads)
         self.n_heads, self.d_head, self.n_ctx = n_heads, d_head, n_ctx
         self.causal, self.squared, self.residual = causal, squared, residual
@@ -247,7 +249,7 @@ class BilinearAttention(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] > self.n_ctx:
-            raise ValueError(f"input has {x.shape[-2]} positions, the layer at most {self.n_ctx}")
+            raise InvalidArgumentError(f"input has {x.shape[-2]} positions, the layer at most {self.n_ctx}")
         v = self._heads(self.v, x, False)
         z = torch.einsum("...hts,...shf->...thf", self.scores(x), v).flatten(-2)
         y = self.o(z)
@@ -318,7 +320,7 @@ class Embedding(torch.nn.Module):
     def __init__(self, vocab: int, d_model: int, n_ctx: int | None = None, positional: bool = False):
         super().__init__()
         if positional and n_ctx is None:
-            raise ValueError("a positional embedding needs n_ctx")
+            raise InvalidArgumentError("a positional embedding needs n_ctx")
         self.vocab = vocab
         self.weight = torch.nn.Parameter(torch.randn(vocab, d_model) / math.sqrt(d_model))
         self.pos = torch.nn.Parameter(0.1 * torch.randn(n_ctx, d_model)) if positional else None
