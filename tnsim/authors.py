@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_state_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidArgumentError
 from .nn import Bilinear, Linear
 
 __all__ = ["load", "Transformer", "TwoPairAttention", "FoldedBilinearMLP", "rotary", "MASKS"]
@@ -78,7 +78,7 @@ class TwoPairAttention(torch.nn.Module):
                  bias: bool = False, scale: float = 1.0):
         super().__init__()
         if d_model % n_head or (d_model // n_head) % 2:
-            raise ValueError(f"d_model {d_model} must split into {n_head} heads of even width")
+            raise InvalidArgumentError(f"d_model {d_model} must split into {n_head} heads of even width")
         self.n_head, self.d_head, self.n_ctx, self.scale = n_head, d_model // n_head, n_ctx, float(scale)
         self.mask_kind = mask
         for name in ("q1", "k1", "q2", "k2"):

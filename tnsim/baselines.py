@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ShapeMismatchError
+from .errors import ArgumentTypeError, InvalidArgumentError, ShapeMismatchError
 from .measures import GaussianMeasure
 
 __all__ = [
@@ -73,10 +73,10 @@ class Estimate:
 def _modules(models, metric: str) -> list[torch.nn.Module]:
     models = list(models)
     if not models:
-        raise ValueError(f"baseline {metric!r} needs at least one model on each side")
+        raise InvalidArgumentError(f"baseline {metric!r} needs at least one model on each side")
     for i, m in enumerate(models):
         if not isinstance(m, torch.nn.Module):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"baseline {metric!r} runs the models, so it needs torch.nn.Module objects; "
                 f"model {i} is a {type(m).__name__}"
             )
@@ -179,7 +179,7 @@ def _input_dim(model: torch.nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             return m.in_features
-    raise ValueError(f"cannot tell the input dimension of {type(model).__name__}; pass data=")
+    raise InvalidArgumentError(f"cannot tell the input dimension of {type(model).__name__}; pass data=")
 
 
 # --- output cosine and Monte Carlo (one engine) ----------------------------------------------
@@ -255,7 +255,7 @@ def _cosine_stats(models_a, models_b, batches, centred: bool, outputs, stderr: b
             add("ww", (w * w).sum(0))
         n += len(x)
     if n == 0:
-        raise ValueError("no input samples")
+        raise InvalidArgumentError("no input samples")
     m = {k: val / n for k, val in acc.items()}
     eu, ev, ew = m["u"], m["v"][:, None], m["w"][None, :]
     denom = torch.sqrt(torch.clamp(ev * ew, min=torch.finfo(torch.float64).tiny))
@@ -325,7 +325,7 @@ def output_cosine_matrix(
     chunk = _chunk_size(len(ma), len(mb))
     if distribution is None:
         if data is None:
-            raise ValueError("baseline 'output' needs data= (inputs) or distribution=")
+            raise InvalidArgumentError("baseline 'output' needs data= (inputs) or distribution=")
         batches = _data_batches(data, chunk)
     else:
         batches = _stream(distribution, n, seed, mean, cov, data, _input_dim(ma[0]), chunk)
@@ -413,7 +413,7 @@ def monte_carlo_matrix(
     ma = _modules(models, "monte_carlo")
     mb = ma if models_b is None else _modules(models_b, "monte_carlo")
     if n < 2:
-        raise ValueError(f"monte_carlo needs n >= 2 samples, got {n}")
+        raise InvalidArgumentError(f"monte_carlo needs n >= 2 samples, got {n}")
     chunk = _chunk_size(len(ma), len(mb))
     batches = _stream(distribution, n, seed, mean, cov, data, _input_dim(ma[0]), chunk)
     r, se = _cosine_stats(ma, mb, batches, centred, outputs, stderr=True)
@@ -474,7 +474,7 @@ def monte_carlo(
 def _weights(model: torch.nn.Module, include_bias: bool) -> list[tuple[str, torch.Tensor]]:
     ws = [(k, p.detach()) for k, p in model.named_parameters() if p.dim() >= 2 or include_bias]
     if not ws:
-        raise ValueError(f"{type(model).__name__} has no weight matrices")
+        raise InvalidArgumentError(f"{type(model).__name__} has no weight matrices")
     return ws
 
 
@@ -593,11 +593,11 @@ def _hidden(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> torch
     if layer is None:
         linears = [k for k, m in named.items() if isinstance(m, torch.nn.Linear)]
         if not linears:
-            raise ValueError(f"{type(model).__name__} has no Linear layer; pass layer=")
+            raise InvalidArgumentError(f"{type(model).__name__} has no Linear layer; pass layer=")
         target, use_input = named[linears[-1]], True
     else:
         if layer not in named:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"no submodule {layer!r} in {type(model).__name__}: "
                 f"use one of {', '.join(k for k in named if k)}"
             )
@@ -622,7 +622,7 @@ def cka_matrix(models, models_b=None, *, data=None, layer: str | None = None) ->
     ma = _modules(models, "cka")
     mb = ma if models_b is None else _modules(models_b, "cka")
     if data is None:
-        raise ValueError("baseline 'cka' needs data= (the inputs whose activations are compared)")
+        raise InvalidArgumentError("baseline 'cka' needs data= (the inputs whose activations are compared)")
     x = torch.as_tensor(data)
     ha = [_hidden(m, x, layer) for m in ma]
     hb = ha if models_b is None else [_hidden(m, x, layer) for m in mb]
@@ -684,5 +684,5 @@ def matrix(name: str, models, models_b=None, **options):
     """Similarity matrix of a baseline metric by name (what ``tnsim.similarity_matrix`` calls)."""
     if name not in METRICS:
         known = ", ".join(["tensor", "gaussian", *sorted(METRICS)])
-        raise ValueError(f"unknown measure {name!r}: use one of {known}")
+        raise InvalidArgumentError(f"unknown measure {name!r}: use one of {known}")
     return METRICS[name](models, models_b, **options)

@@ -25,6 +25,7 @@ per-layer comparisons and Monte Carlo estimates of both measures.)
 from __future__ import annotations
 
 import importlib
+from ..errors import InvalidArgumentError
 
 NAMES = ('backdoor', 'forgetting', 'grokking', 'distributions', 'distributions_teacher', 'lm', 'diffing', 'crosslayer', 'symmetries')
 
@@ -34,7 +35,7 @@ __all__ = ["NAMES", "get", "run"]
 def get(name: str):
     """The module of experiment ``name``."""
     if name not in NAMES:
-        raise ValueError(f"unknown experiment {name!r}: use one of {', '.join(NAMES)}")
+        raise InvalidArgumentError(f"unknown experiment {name!r}: use one of {', '.join(NAMES)}")
     return importlib.import_module(f"{__name__}.{name}")
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..data import Dataset
+from ..errors import InvalidArgumentError
 
 Phase = tuple  # (label, start, stop)
 
@@ -271,7 +272,7 @@ class Trainer:
         indices of the batch's examples in ``data`` (``None`` for a full batch).
         """
         if len(data) == 0:
-            raise ValueError(f"stage {name!r} has no training data")
+            raise InvalidArgumentError(f"stage {name!r} has no training data")
         marks = set(range(every, steps + 1, every)) if isinstance(every, int) else set(every)
         self.traj.begin(name)
         self.model.train()

@@ -47,7 +47,7 @@ import torch
 
 from .. import baselines, similarity
 from .. import compile as compile_network
-from ..errors import ShapeMismatchError, StructureError
+from ..errors import InvalidArgumentError, ShapeMismatchError, StructureError
 from ..nn import Bilinear, Linear
 
 __all__ = [
@@ -165,7 +165,7 @@ def rescale_hidden(
     :math:`c_h = e^{\mathrm{spread}\,g_h}`, :math:`g_h\sim\mathcal N(0,1)`: :math:`L\to CL` and
     :math:`R\to C^{-1}R` (``compensate="right"``) or :math:`D\to DC^{-1}` (``"down"``)."""
     if compensate not in ("right", "down"):
-        raise ValueError(f"compensate must be 'right' or 'down', got {compensate!r}")
+        raise InvalidArgumentError(f"compensate must be 'right' or 'down', got {compensate!r}")
 
     def fn(layer):
         g = torch.randn(layer.left.out_features, generator=generator, dtype=torch.float64)

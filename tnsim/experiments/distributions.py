@@ -39,7 +39,7 @@ import torch
 
 import tnsim
 
-from ..errors import ShapeMismatchError
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..nn import Bilinear
 from . import common as C
 
@@ -94,7 +94,7 @@ MODES = {
 
 def _check(name: str) -> None:
     if name not in DISTRIBUTIONS:
-        raise ValueError(f"distribution: unknown {name!r}; use one of {', '.join(DISTRIBUTIONS)}")
+        raise InvalidArgumentError(f"distribution: unknown {name!r}; use one of {', '.join(DISTRIBUTIONS)}")
 
 
 def ar1(d: int, rho: float = AR_RHO) -> torch.Tensor:
@@ -307,7 +307,7 @@ def marginal_moments(name: str, order: int) -> torch.Tensor:
         m = z * SPIKE_P ** (1 - torch.arange(order + 1, dtype=torch.float64) / 2)
         m[0] = 1.0
         return m
-    raise ValueError(f"marginal_moments: no table for {name!r}")
+    raise InvalidArgumentError(f"marginal_moments: no table for {name!r}")
 
 
 #: how :func:`marginal` builds each product measure (reported with the results)

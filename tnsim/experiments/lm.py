@@ -48,7 +48,7 @@ import torch
 
 import tnsim
 
-from ..errors import ShapeMismatchError
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..nn import BilinearAttention, Embedding, Unembedding
 from . import common as C
 
@@ -152,7 +152,7 @@ def ngram_tables(tokens: torch.Tensor, vocab: int, alpha: float) -> list[torch.T
     a context never seen gets the uniform distribution.
     """
     if alpha < 0:
-        raise ValueError(f"alpha: must be non-negative, got {alpha}")
+        raise InvalidArgumentError(f"alpha: must be non-negative, got {alpha}")
     t = tokens.long()
     out = []
     for k in (1, 2, 3):

@@ -25,6 +25,7 @@ from ..baselines import cka, matrix_cosine, output_cosine
 from ..plan import quiet
 from . import common as C
 from . import crosslayer, deep
+from ..errors import InvalidArgumentError
 
 NAME = "symmetries"
 #: what a saved trajectory depends on besides the mode settings (part of its cache key)
@@ -115,7 +116,7 @@ def run(
 ) -> dict:
     cfg, res = C.start(out, NAME, MODES, mode, command, seeds)
     if len(cfg["seeds"]) < 2:
-        raise ValueError(f"seeds: need two (the model and a reference), got {cfg['seeds']}")
+        raise InvalidArgumentError(f"seeds: need two (the model and a reference), got {cfg['seeds']}")
     split = D.digits()
     with C.threads(threads), quiet():
         models = [

@@ -41,7 +41,7 @@ from ..nn import (
 )
 from ..ir._symmetry import with_symmetries
 from ..ir._term import Term, cp_term
-from ._registry import _COMPILERS, _SKIP, _check_finite, _compile, _uses_padding, register, unbatched_example
+from ._registry import _SKIP, _check_finite, _compile, _uses_padding, register, unbatched_example
 from ._trace import trace
 
 __all__ = ["compile", "register", "as_network"]

@@ -203,7 +203,6 @@ def exact(
     a number, a matrix for model stacks, a vector in ``diag`` mode."""
     net_a, net_b = prepared.nets(which)
     kernel = prepared.kernel(which)
-    like = prepared.like
     maps = prepared.maps(outputs)
     maps = (maps[0] if which[0] == "a" else maps[1], maps[0] if which[1] == "a" else maps[1])
     virtual = virtual_copies(prepared, which)

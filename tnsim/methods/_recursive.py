@@ -222,10 +222,6 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
     )
 
 
-def _pad_chain_inputs(net: Network, need: bool) -> Network:
-    return pad_input(net) if need and not net.in_padded else net
-
-
 def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
     like = torch.empty((), dtype=dtype, device=net_a.device)
     layers = _aligned(net_a, net_b)
