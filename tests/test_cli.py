@@ -271,7 +271,7 @@ def test_a_failed_write_keeps_the_results_and_a_rerun_computes_nothing(ckpts, tm
     assert np.load(saved).tolist() == want.tolist()
     os.unlink(saved)
     assert tnsim.cli.main(args[:-4] + ["--measure", "matrix", "--results", str(tmp_path / "b.npz")]) == 2
-    assert "--results applies to the tensor and gaussian measures" in capsys.readouterr().err
+    assert "--results applies to the engine's measures" in capsys.readouterr().err
 
 
 def test_a_residual_state_dict_without_its_json_is_refused(tmp_path):

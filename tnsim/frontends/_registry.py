@@ -106,18 +106,18 @@ def unbatched_example(module, example_input, input_shape) -> tuple[torch.Tensor 
     """
     if example_input is not None and input_shape is not None:
         raise ArgumentTypeError("pass example_input= (batched, as forward receives it) or input_shape=, not both")
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if input_shape is not None:
         shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
         if len(shape) not in (1, 2):
             raise ShapeMismatchError(
                 f"input_shape must be (d,) or (n, d) without the batch axis, got {shape}"
             )
-        return torch.zeros(shape, dtype=dtype), None
+        return torch.zeros(shape, dtype=dtype or torch.get_default_dtype()), None
     if example_input is None:
         return None, None
     x = torch.as_tensor(example_input)
-    if x.is_floating_point():
+    if dtype is not None and x.is_floating_point():
         x = x.to(dtype)  # run the example in the model's precision
     if x.dim() == 1:
         return x, None

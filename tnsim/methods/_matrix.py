@@ -612,7 +612,7 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     finally:
         bar.close()
     undefined = torch.isnan(out.diagonal()) if plan.symmetric else torch.isnan(out).all(1)
-    if bool(undefined.any()):  # one host synchronisation, after every block is stored
+    if device.type != "meta" and bool(undefined.any()):  # one host synchronisation, after every block is stored
         rows = torch.nonzero(undefined).flatten().tolist()
         raise ZeroNormError(
             f"models {rows} have zero norm under the {plan.measure.describe()} measure and the "
