@@ -213,7 +213,8 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     pass: slow for large models). With lists of
     models, ``cost(models)`` / ``cost(models_a, models_b)`` costs
     :func:`tnsim.similarity_matrix` instead (same blocks, same options, e.g. ``block_size``,
-    ``memory``). The sampled paths are cached as in a real run.
+    ``memory``). Structures not planned yet are priced with a greedy path that is not cached, so a
+    later run still searches properly.
 
     Examples
     --------

@@ -137,11 +137,18 @@ def dry_run(samples: int | None = None):
     return _switched_on(_DRY, ("dry", samples))
 
 
-def plan(key, build) -> Contraction:
-    """The contraction for structure ``key``, built with ``build()`` and planned on first use."""
+def plan(key, build, estimate: bool = False) -> Contraction:
+    """The contraction for structure ``key``, built with ``build()`` and planned on first use.
+
+    ``estimate``: for a cost estimate, a structure not planned yet gets a quick greedy path
+    (:func:`tnsim.plan._paths.known_or_greedy_tree`), which is neither kept nor written to
+    the disk cache, so a later run still searches properly.
+    """
     hit = _PLANS.get(key)
     if hit is None:
         eq = build()
+        if estimate:
+            return Contraction(eq, paths.known_or_greedy_tree(eq.inputs, eq.output, eq.size_dict))
         tree = paths.find_tree(eq.inputs, eq.output, eq.size_dict)
         hit = Contraction(eq, tree)
         _PLANS[key] = hit
@@ -204,11 +211,12 @@ def structure_key(sides: list[Side], kernel, open_outputs: bool) -> tuple:
     )
 
 
-def planned(sides, kernel, open_outputs, rep, blocks) -> Contraction:
-    """The (cached) planned contraction of one pairing."""
+def planned(sides, kernel, open_outputs, rep, blocks, estimate: bool = False) -> Contraction:
+    """The (cached) planned contraction of one pairing (see :func:`plan` for ``estimate``)."""
     return plan(
         (structure_key(sides, kernel, open_outputs), rep),
         lambda: build_equation(sides, blocks, kernel, open_outputs),
+        estimate,
     )
 
 
@@ -270,17 +278,18 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     """
     if not reps:
         return _zeros_result(sides, open_outputs, like)
+    quick = samples is not None  # an estimate: greedy paths where none is known yet
     samples = len(reps) if samples is None else samples
     step = max(1, len(reps) // samples)
     sample = reps[::step][:samples]
     weight = len(reps) / len(sample)
     con = None
     for rep, _, blocks in sample:
-        con = planned(sides, kernel, open_outputs, rep, blocks)
+        con = planned(sides, kernel, open_outputs, rep, blocks, estimate=samples < len(reps) or quick)
         if stats is not None:
             _record(stats, con, itemsize, weight)
-    if stats is not None and len(sample) < len(reps):
-        stats["estimated"] = stats.get("estimated", 0) + len(reps) - len(sample)
+    if stats is not None and quick:
+        stats["estimated"] = stats.get("estimated", 0) + 1
     shape = [con.equation.size_dict[i] for i in con.equation.output]
     check_allocation(shape, 8, "a contraction's result")
     return torch.zeros(shape, dtype=torch.float64, device=like.device)

@@ -202,6 +202,30 @@ def careful_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     return _search(*_canonical(inputs, output, size_dict), quick_ok=False)
 
 
+def _read_cached(key: str, inputs, output, size_dict) -> ctg.ContractionTree | None:
+    """The tree of the disk cache's entry ``key`` (canonical names), or ``None``."""
+    path_file = cache_dir() / f"{key}.json"
+    if not path_file.exists():
+        return None
+    try:
+        path = [tuple(p) for p in json.loads(path_file.read_text())["path"]]
+        tree = ctg.ContractionTree.from_path(inputs, output, size_dict, path=path)
+        os.utime(path_file)  # recently used: kept when the cache is pruned
+    except Exception:  # corrupt cache entry (or pruned meanwhile): search again
+        return None
+    return tree
+
+
+def known_or_greedy_tree(inputs, output, size_dict) -> ctg.ContractionTree:
+    """The cached tree of this network if one is known (memory or disk), else a greedy path
+    that is not cached: what a cost estimate plans with (a greedy path's flops bound the
+    searched one's from above)."""
+    inputs, output, size_dict = _canonical(inputs, output, size_dict)
+    key = _key(inputs, output, size_dict)
+    tree = _MEMORY.get(key) or _read_cached(key, inputs, output, size_dict)
+    return tree or ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+
+
 def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     """A contraction tree for the network, from memory, disk, or a fresh search.
 
@@ -213,14 +237,7 @@ def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     if tree is not None:
         return tree
     path_file = cache_dir() / f"{key}.json"
-    tree = None
-    if path_file.exists():
-        try:
-            path = [tuple(p) for p in json.loads(path_file.read_text())["path"]]
-            tree = ctg.ContractionTree.from_path(inputs, output, size_dict, path=path)
-            os.utime(path_file)  # recently used: kept when the cache is pruned
-        except Exception:  # corrupt cache entry (or pruned meanwhile): search again
-            tree = None
+    tree = _read_cached(key, inputs, output, size_dict)
     if tree is None:
         tree = _search(inputs, output, size_dict)
         try:
