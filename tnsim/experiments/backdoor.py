@@ -147,15 +147,7 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
             "train_accuracy": C.accuracy(m, split.train),
         }
 
-    t = C.Trainer(
-        model,
-        lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"],
-        seed=seed,
-        batch_size=cfg["batch"],
-        evaluate=evaluate,
-        progress=progress,
-    )
+    t = C.Trainer.from_config(model, cfg, seed, evaluate, progress)
     t.stage(
         "clean", split.train, cfg["clean_steps"], cfg["every"], desc=f"seed {seed}: clean training"
     )

@@ -234,6 +234,12 @@ class Trainer:
         self.step = 0
         self.traj = Trajectory()
 
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, cfg: Mapping, seed: int, evaluate, progress: bool = True) -> "Trainer":
+        """A trainer with a mode's ``lr``, ``weight_decay`` and ``batch`` (batch size)."""
+        return cls(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed,
+                   batch_size=cfg["batch"], evaluate=evaluate, progress=progress)
+
     def checkpoint(self, phase: str) -> None:
         with torch.no_grad():
             rec = self.evaluate(self.model)

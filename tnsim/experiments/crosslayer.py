@@ -301,15 +301,7 @@ def train(
             "test_accuracy": C.accuracy(m, split.test),
         }
 
-    t = C.Trainer(
-        model,
-        lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"],
-        seed=seed,
-        batch_size=cfg["batch"],
-        evaluate=evaluate,
-        progress=progress,
-    )
+    t = C.Trainer.from_config(model, cfg, seed, evaluate, progress)
     t.stage(
         "training", split.train, cfg["steps"], cfg["every"], desc=f"seed {seed}: {depth} layers"
     )

@@ -137,15 +137,7 @@ def train(seed: int, cfg: dict, split: D.Split, progress: bool) -> C.Trajectory:
         rec["accuracy_base_classes"] = C.accuracy(m, split.test.classes(kept))
         return rec
 
-    t = C.Trainer(
-        model,
-        lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"],
-        seed=seed,
-        batch_size=cfg["batch"],
-        evaluate=evaluate,
-        progress=progress,
-    )
+    t = C.Trainer.from_config(model, cfg, seed, evaluate, progress)
     t.stage(
         "base",
         split.train.classes(kept),

@@ -122,15 +122,7 @@ def train(
         rec["accuracy"] = C.accuracy(m, split.test)
         return rec
 
-    t = C.Trainer(
-        model,
-        lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"],
-        seed=seed,
-        batch_size=cfg["batch"],
-        evaluate=evaluate,
-        progress=progress,
-    )
+    t = C.Trainer.from_config(model, cfg, seed, evaluate, progress)
     for name, classes in stages:
         t.stage(
             name,
