@@ -2,8 +2,7 @@
 
 Every module that remembers something per structure (contraction plans, variant choices,
 kernels, orbit lists, block sizes, found paths) asks :func:`memo` for a named dictionary
-instead of keeping a private global, so :func:`clear` forgets all of them at once and
-:func:`sizes` can report them. Nothing here knows what is cached: keys and values belong to
+instead of keeping a private global, so :func:`clear` forgets all of them at once. Nothing here knows what is cached: keys and values belong to
 the caller. The disk cache of contraction paths is in :mod:`tnsim.plan._paths`.
 """
 
@@ -11,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["memo", "cached", "clear", "sizes"]
+__all__ = ["memo", "cached", "clear"]
 
 _MEMOS: dict[str, "Memo"] = {}
 
@@ -60,8 +59,3 @@ def clear() -> None:
     """Forget every in-memory cache."""
     for m in _MEMOS.values():
         m.clear()
-
-
-def sizes() -> dict[str, int]:
-    """Number of entries per cache (for diagnostics)."""
-    return {name: len(m) for name, m in _MEMOS.items()}
