@@ -143,19 +143,22 @@ def test_paths_persist_on_disk_and_a_warm_start_skips_the_search(tmp_path, monke
 
 
 def test_dense_states_over_the_limit_are_refused_before_allocation(limit):
-    """The recursive method keeps a dense (n d) x (n d) state for sequences: over the memory
-    limit it is refused by cost() and by a run, naming the shape, instead of exhausting memory."""
+    """The recursive method keeps a dense (n d) x (n d) state between sequence layers: over the
+    memory limit it is refused by cost() and by a run, naming the shape, instead of exhausting
+    memory. The input metric itself is never dense (positions and features are joined)."""
     from tnsim.ir._term import Term
 
-    def seq(seed):
+    def layer(seed, o):
         g = torch.Generator().manual_seed(seed)
-        arrays = (torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64),
+        arrays = (torch.randn(o, 5, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64),
                   torch.randn(5, 8, generator=g, dtype=torch.float64), torch.ones(32, dtype=torch.float64))
         term = Term((("o", "h"), ("h", "i"), ("h", "j"), ("t",)), arrays, (("t", "i"), ("t", "j")), ("t", "o"))
-        return tnsim.Network((term,), (32, 8), (32, 3))
+        return tnsim.Network((term,), (32, 8), (32, o))
 
-    a, b = seq(1), seq(2)
+    one_a, one_b = layer(1, 3), layer(2, 3)
+    a, b = tnsim.compose(layer(1, 3), layer(3, 8)), tnsim.compose(layer(2, 3), layer(4, 8))
     limit(1e5)
+    assert tnsim.cost(one_a, one_b, method="recursive").fits  # a (32, 3, 32, 3) output state
     for run in (tnsim.cost, tnsim.similarity):
         with pytest.raises(tnsim.UnaffordableError, match=r"\(32, 8, 32, 8\).*MiB"):
             run(a, b, method="recursive")

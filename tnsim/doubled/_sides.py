@@ -76,7 +76,7 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
         1 if side.term.degree or side.degree == 0 else _space_rank(kernel, LABELS[si])
         for si, side in enumerate(sides)
     ]
-    rename = _joined_legs(sides, blocks, kernel, open_outputs, rank)
+    rename, unjoined = _joined_legs(sides, blocks, kernel, open_outputs, rank)
 
     def add(inds, source, shape):
         inds = tuple(rename.get(i, i) for i in inds)
@@ -101,9 +101,9 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
 
     side_of_role = {"a": 0, "b": min(1, len(sides) - 1)}  # whose model stack a piece follows
 
-    def attach(pieces: tuple[Piece, ...], legs: list[tuple[str, ...]], tag) -> None:
+    def attach(pieces: tuple[Piece, ...], legs: list[tuple[str, ...]], tag, where=None) -> None:
         for pi, piece in enumerate(pieces):
-            if piece.joins:
+            if piece.joins and (where, pi) not in unjoined:
                 continue  # its two legs were renamed into one index (see _joined_legs)
             inds = tuple(sides[side_of_role[r]].batch_label for r in piece.batch)
             inds += tuple(legs[slot][axis] for slot, axis in piece.legs)
@@ -112,15 +112,15 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
     for si, side in enumerate(sides):
         for c in range(side.term.degree, side.degree):
             attach(kernel.pad(LABELS[si]), [_copy_legs(si, side, c, rank[si])], ("pad", LABELS[si]))
-    for block in blocks:  # a virtual copy carries its pad vector and its block's pieces
+    for bi, block in enumerate(blocks):  # a virtual copy carries its pad vector and its block's pieces
         tag = _block_key(sides, block)
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
-        attach(kernel.block(tag[1:]), legs, tag)
+        attach(kernel.block(tag[1:]), legs, tag, bi)
 
     batch_out = list(dict.fromkeys(s.batch_label for s in sides if s.batch_label))
     if open_outputs:
         outs = [f"{LABELS[si]}|{o}" for si, side in enumerate(sides) for o in side.term.outputs]
-        eq.output = tuple(batch_out) + tuple(outs)
+        eq.output = tuple(batch_out) + tuple(rename.get(o, o) for o in outs)
         return eq
     a, b = sides
     for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
@@ -138,41 +138,56 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
     return eq
 
 
-def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank) -> dict[str, str]:
+def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank):
     """Index renames that replace identity kernel pieces (and identity output joins).
 
     Each identity piece between legs of two slots of a block (and, with
     closed outputs, each output axis compared without a map) merges its two indices; merged
     classes (a shared position hyperindex can chain several) are named after their first
     member. Contracting with :math:`\\delta_{ij}` is the same as naming ``i`` and ``j`` alike.
+    With open outputs, two output legs are never merged (an einsum output names each index
+    once): such a piece stays a tensor. Returns the renames and the ``(block, piece)`` pairs
+    left as tensors.
     """
     parent: dict[str, str] = {}
+    unjoined: set[tuple[int, int]] = set()
+    outs: set[str] = set()
+    if open_outputs:
+        outs = {f"{LABELS[si]}|{o}" for si, side in enumerate(sides) for o in side.term.outputs}
+    holds_output: dict[str, bool] = {}
 
     def find(i):
         while parent.get(i, i) != i:
             i = parent[i]
         return i
 
-    def union(i, j):
+    def union(i, j) -> bool:
         ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+        if ri == rj:
+            return True
+        oi, oj = holds_output.get(ri, ri in outs), holds_output.get(rj, rj in outs)
+        if oi and oj:
+            return False
+        parent[max(ri, rj)] = min(ri, rj)
+        holds_output[min(ri, rj)] = oi or oj
+        return True
 
-    for block in blocks:
+    for bi, block in enumerate(blocks):
         if len(block) < 2:
             continue
         pieces = kernel.block(_block_key(sides, block)[1:]) or ()
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
-        for piece in pieces:
+        for pi, piece in enumerate(pieces):
             if piece.joins:
                 (wp, ap), (wq, aq) = piece.legs
-                union(legs[wp][ap], legs[wq][aq])
+                if not union(legs[wp][ap], legs[wq][aq]):
+                    unjoined.add((bi, pi))
     if not open_outputs and len(sides) == 2:
         a, b = sides
         for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
             if (a.out_map is None or a.out_map[axis] is None) and (b.out_map is None or b.out_map[axis] is None):
                 union(f"a|{oa}", f"b|{ob}")
-    return {i: find(i) for i in parent}
+    return {i: find(i) for i in parent}, unjoined
 
 
 def gather(eq: Equation, sides: list[Side], arrays: list[list[torch.Tensor]], kernel, like) -> list[torch.Tensor]:

@@ -25,7 +25,10 @@ import torch
 
 from ..errors import ShapeMismatchError
 
-__all__ = ["Space", "Piece", "Kernel", "Measure", "selector", "embedded", "e0", "feature_pieces", "pad_pieces"]
+__all__ = [
+    "Space", "Piece", "Kernel", "Measure", "selector", "embedded", "e0", "feature_pieces",
+    "diagonal_pieces", "real_weights", "pad_pieces",
+]
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,31 @@ def feature_pieces(matrix: torch.Tensor, sa: Space, sb: Space, like, identity: b
         Piece(eye, ((0, 0), (1, 0)), identity=True),
         Piece(matrix, ((0, 1), (1, 1)), identity=identity),
     )
+
+
+def diagonal_pieces(weights: torch.Tensor | None, sa: Space, sb: Space, like) -> tuple[Piece, ...]:
+    r"""Pieces for the diagonal feature metric :math:`\mathrm{diag}(w)` between two copies of
+    equal width (times the identity on positions for sequences).
+
+    The feature legs are joined (one index, no :math:`d\times d` matrix) and ``weights``
+    (``None``: all ones) sits on the joined index as a vector, so a padded frame's
+    :math:`\mathrm{diag}(0, 1, \dots, 1)` costs :math:`d` numbers instead of :math:`(d+1)^2`.
+    """
+    f = 1 if sa.sequence else 0
+    pieces = (Piece(torch.eye(sa.shape[-1], dtype=like.dtype, device=like.device), ((0, f), (1, f)), identity=True),)
+    if weights is not None:
+        pieces += (Piece(weights, ((0, f),)),)
+    if sa.sequence:
+        eye = torch.eye(sa.shape[0], dtype=like.dtype, device=like.device)
+        pieces = (Piece(eye, ((0, 0), (1, 0)), identity=True),) + pieces
+    return pieces
+
+
+def real_weights(space: Space, like: torch.Tensor) -> torch.Tensor:
+    """``(0, 1, ..., 1)`` for a padded frame: the real features' diagonal."""
+    w = torch.ones(space.shape[-1], dtype=like.dtype, device=like.device)
+    w[0] = 0
+    return w
 
 
 def pad_pieces(space: Space, like: torch.Tensor) -> tuple[Piece, ...]:

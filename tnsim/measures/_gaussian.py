@@ -15,7 +15,7 @@ import torch
 
 from ..results import tensor_digest
 from ..errors import InvalidArgumentError, NonFiniteError, ShapeMismatchError
-from ._base import Kernel, Measure, Piece, Space, embedded, feature_pieces
+from ._base import Kernel, Measure, Piece, Space, diagonal_pieces, embedded, feature_pieces, real_weights
 
 __all__ = ["GaussianMeasure", "GaussianKernel"]
 
@@ -131,9 +131,11 @@ class GaussianKernel(Kernel):
         self._pairs = {}
         for s1, s2 in (("a", "a"), ("a", "b"), ("b", "b")):
             sa, sb = self.spaces[s1], self.spaces[s2]
-            m = embedded(cov, sa, sb)
-            unit = measure.cov is None and not sa.padded and not sb.padded
-            self._pairs[(s1, s2)] = feature_pieces(m, sa, sb, like, identity=unit)
+            if measure.cov is None and sa.padded == sb.padded:  # a unit covariance: join legs
+                w = real_weights(sa, like) if sa.padded else None
+                self._pairs[(s1, s2)] = diagonal_pieces(w, sa, sb, like)
+            else:
+                self._pairs[(s1, s2)] = feature_pieces(embedded(cov, sa, sb), sa, sb, like)
         self._pairs[("b", "a")] = None  # copies are ordered a before b
         self._singles = {}
         for s in "ab":

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._memory import check_allocation
 from ..errors import ShapeMismatchError
-from ._base import Kernel, Measure, Piece, Space, embedded, feature_pieces
+from ._base import Kernel, Measure, Piece, Space, embedded, feature_pieces, real_weights
 
 __all__ = ["TensorMeasure", "TensorKernel"]
 
@@ -60,12 +59,17 @@ class TensorKernel(Kernel):
             m[0, 0] = 1
             self._pair = (Piece(m, ((0, 0), (1, 0)), identity=True),)
         elif both:
+            # both parts are diagonal in the feature: join the feature legs and put
+            # Q[t, s, i] = delta_ts [i >= 1] + [i = 0] on positions and the joined feature
             n = space_a.shape[0]
-            check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize, "the padded sequence metric")
             eye = torch.eye(n, dtype=like.dtype, device=like.device)
-            dense = torch.einsum("ts,ij->tisj", eye, m)
-            dense[:, 0, :, 0] = 1
-            self._pair = (Piece(dense, ((0, 0), (0, 1), (1, 0), (1, 1))),)
+            w = real_weights(space_a, like)
+            q = eye[:, :, None] * w + (1 - w)
+            join = torch.eye(space_a.shape[-1], dtype=like.dtype, device=like.device)
+            self._pair = (
+                Piece(join, ((0, 1), (1, 1)), identity=True),
+                Piece(q, ((0, 0), (1, 0), (0, 1))),
+            )
         else:
             same = space_a.padded == space_b.padded
             self._pair = feature_pieces(m, space_a, space_b, like, identity=same)

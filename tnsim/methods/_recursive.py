@@ -24,49 +24,83 @@ the scales.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._memory import check_allocation
 from ..errors import StructureError
 from ..ir._network import Network, compose
-from ..measures import GaussianMeasure, Kernel, Piece, Space, TensorKernel
-from ..measures._base import embedded
+from ..measures import Kernel, Piece, Space
 from ..plan._contract import Scaled
 from ._exact import choose_variants, exact, sum_term_pairs
-from ._prepare import Mode, Prepared, output_maps
+from ._prepare import Mode, Prepared, make_kernel, output_maps
 
 __all__ = ["recursive", "canonical_chain"]
 
 
 def canonical_chain(net: Network) -> list[Network]:
     """Layers of ``net`` with degree-<=1 layers fused into a neighbouring layer."""
-    layers = list(net.chain)
-    if len(layers) == 1:
-        return layers
-    out: list[Network] = []
+    segments, suffix = _segments(net)
+    if not segments:
+        return [suffix] if suffix is not None else list(net.chain)
+    out = [layer if prefix is None else compose(layer, prefix) for prefix, layer in segments]
+    if suffix is not None:
+        out[-1] = compose(suffix, out[-1])
+    return out
+
+
+def _segments(net: Network) -> tuple[list[tuple[Network | None, Network]], Network | None]:
+    """``(linear prefix or None, layer)`` per non-linear layer, and the trailing linear part."""
+    segments: list[tuple[Network | None, Network]] = []
     pending: Network | None = None  # linear layers waiting for the next non-linear one
-    for layer in layers:
+    for layer in net.chain:
         if layer.degree <= 1:
             pending = layer if pending is None else compose(layer, pending)
-            continue
-        if pending is not None:
-            layer = compose(layer, pending)
-            pending = None
-        out.append(layer)
-    if pending is not None:
-        if out:
-            out[-1] = compose(pending, out[-1])
         else:
-            out.append(pending)
-    return out
+            segments.append((pending, layer))
+            pending = None
+    return segments, pending
+
+
+def _shrinks(net: Network) -> bool:
+    return math.prod(net.out_shape) < math.prod(net.in_shape)
+
+
+def _steps(net_a: Network, net_b: Network):
+    """Aligned steps ``[(layer_a, layer_b), ...]`` and the closing linear pair (or ``None``).
+
+    A linear map is its own exact step (:math:`G' = W_a G W_b^\top`, or the moments' images)
+    when both sides have one and it narrows the state (an embedding: the state is then
+    ``d_model``-wide, not ``vocab``-wide); otherwise it is fused into its neighbour. Trailing
+    linear maps on both sides (an unembedding, a readout) close the last state with the output
+    maps directly, so the ``vocab x vocab`` output state is never formed.
+    """
+    sa, suf_a = _segments(net_a)
+    sb, suf_b = _segments(net_b)
+    if len(sa) != len(sb):
+        raise StructureError(
+            f"the recursive method aligns layers, but {net_a.name} has {len(sa)} non-linear "
+            f"layers and {net_b.name} has {len(sb)}; use method='exact'"
+        )
+    if not sa:
+        return [(canonical_chain(net_a)[0], canonical_chain(net_b)[0])], None
+    steps: list[tuple[Network, Network]] = []
+    for (pa, la), (pb, lb) in zip(sa, sb):
+        if pa is not None and pb is not None and _shrinks(pa) and _shrinks(pb):
+            steps.append((pa, pb))
+        else:
+            la = la if pa is None else compose(la, pa)
+            lb = lb if pb is None else compose(lb, pb)
+        steps.append((la, lb))
+    if suf_a is not None and suf_b is not None:
+        return steps, (suf_a, suf_b)
+    la, lb = steps[-1]
+    steps[-1] = (la if suf_a is None else compose(suf_a, la), lb if suf_b is None else compose(suf_b, lb))
+    return steps, None
 
 
 def _space(net: Network) -> Space:
     return Space(tuple(net.in_shape), net.in_padded)
-
-
-def _out_space(net: Network) -> Space:
-    return Space(tuple(net.out_shape), net.out_padded)
 
 
 def _legs(rank: int, slot: int) -> tuple[tuple[int, int], ...]:
@@ -74,22 +108,22 @@ def _legs(rank: int, slot: int) -> tuple[tuple[int, int], ...]:
 
 
 class _StateTensorKernel(Kernel):
-    """The propagated metric between the layer inputs of a and b (tensor measure)."""
+    """A propagated metric between the inputs of a and b: one piece per copy pair.
+
+    The tensor measure's state, and the second moments (or covariances) that close a Gaussian
+    pass through trailing linear maps.
+    """
 
     scheme = "bijections"
     const_blocks = True
 
-    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space,
-                 decoupled: bool = False, identity: bool = False):
+    def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space):
         self.g, self.roles = g, roles
-        self.decoupled = decoupled  # true for the input metric (first layer) only
         self.spaces = {"a": space_a, "b": space_b}
         ra, rb = len(space_a.shape), len(space_b.shape)
-        # the input metric of the first layer is often the identity: join legs, skip the d x d
-        identity = identity and not roles and ra == rb == 1
-        self._pair = (Piece(g, _legs(ra, 0) + _legs(rb, 1), roles, identity=identity),)
+        self._pair = (Piece(g, _legs(ra, 0) + _legs(rb, 1), roles),)
         self.like = g
-        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b, identity)
+        self.structure = ("state-tensor", roles, tuple(g.shape[len(roles) :]), space_a, space_b)
 
     def pair(self, s1, s2):
         return self._pair
@@ -103,21 +137,12 @@ class _StateGaussianKernel(Kernel):
 
     scheme = "matchings"
 
-    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool,
-                 decoupled: bool = False, real_mean_zero: bool = False, identity=frozenset()):
+    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial
-        # the input measure (first layer) keeps constant and real coordinates apart
-        self.decoupled, self.real_mean_zero = decoupled, real_mean_zero
         self._pairs = {}
-        # covariances declared the identity (the first layer's unit covariance) join legs
-        identity = frozenset(
-            k for k in identity
-            if not cov[k][1] and len(spaces[k[0]].shape) == len(spaces[k[1]].shape) == 1
-        )
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
-            piece = Piece(c, _legs(r1, 0) + _legs(r2, 1), roles, identity=(s1, s2) in identity)
-            self._pairs[(s1, s2)] = (piece,)
+            self._pairs[(s1, s2)] = (Piece(c, _legs(r1, 0) + _legs(r2, 1), roles),)
         self._singles = {
             s: (Piece(m, _legs(len(spaces[s].shape), 0), roles),) for s, (m, roles) in mean.items()
         }
@@ -128,7 +153,6 @@ class _StateGaussianKernel(Kernel):
             tuple(sorted((k, roles, tuple(m.shape[len(roles) :])) for k, (m, roles) in mean.items())),
             tuple(sorted(spaces.items())),
             partial,
-            tuple(sorted(identity)),
         )
 
     def pair(self, s1, s2):
@@ -136,35 +160,6 @@ class _StateGaussianKernel(Kernel):
 
     def single(self, s):
         return self._singles[s]
-
-
-def _initial_tensor(space_a: Space, space_b: Space, like) -> torch.Tensor:
-    """The tensor-measure metric between input copies as one dense array."""
-    pieces = TensorKernel(space_a, space_b, like).pair("a", "b")
-    if len(pieces) == 1 and len(pieces[0].legs) == len(space_a.shape) + len(space_b.shape):
-        return pieces[0].array
-    eye, m = pieces[0].array, pieces[1].array
-    n = eye.shape[0]
-    check_allocation((n, m.shape[0], n, m.shape[1]), like.dtype.itemsize,
-                           "the recursive method's dense input metric for sequences")
-    return torch.einsum("ts,ij->tisj", eye, m)
-
-
-def _initial_gaussian(measure: GaussianMeasure, space: Space, other: Space, like):
-    """Mean of a copy and covariance between copies of two (possibly differently padded) frames."""
-    mean, cov = measure.dense(space.d, like)
-    c = embedded(cov, space, other)  # S^T cov S_o without the (d+1)^3 products
-    m = mean.new_zeros(space.shape[-1])
-    m[int(space.padded) :] = mean
-    if space.padded:
-        m[0] = 1
-    if space.sequence:
-        n = space.shape[0]
-        check_allocation((n, c.shape[0], n, c.shape[1]), like.dtype.itemsize,
-                               "the recursive method's dense input covariance for sequences")
-        c = torch.einsum("ts,ij->tisj", torch.eye(n, dtype=like.dtype, device=like.device), c)
-        m = m.expand(n, -1).clone()
-    return m, c
 
 
 def _max_abs(x: torch.Tensor, batch_dims: int) -> torch.Tensor:
@@ -182,14 +177,25 @@ def _expand(x, dims):
     return x.reshape(tuple(x.shape) + (1,) * dims)
 
 
-def _aligned(net_a: Network, net_b: Network) -> list[tuple[Network, Network]]:
-    ca, cb = canonical_chain(net_a), canonical_chain(net_b)
-    if len(ca) != len(cb):
+def _zeros(batch, like) -> torch.Tensor:
+    return torch.zeros(batch or (), dtype=torch.float64, device=like.device)
+
+
+def _check_mixed(layer: Network, k: int) -> None:
+    if any(t.degree < k for t in layer.terms) and not layer.in_padded:
         raise StructureError(
-            f"the recursive method aligns layers, but {net_a.name} has {len(ca)} non-linear "
-            f"layers and {net_b.name} has {len(cb)}; use method='exact'"
+            f"layer {layer.name} mixes degrees but has no constant coordinate; compile "
+            "with pad=True or use method='exact'"
         )
-    return list(zip(ca, cb))
+
+
+def _open_step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats) -> Scaled:
+    """One layer pair contracted with ``kernel`` on its inputs, outputs left open."""
+    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (None, None), open_outputs=True, mode=mode)
+    return sum_term_pairs(
+        tx, ty, kernel, open_outputs=True, mode=mode,
+        virtual_a=virtual, virtual_b=virtual, dtype=dtype, stats=stats,
+    )
 
 
 def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
@@ -200,12 +206,12 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
     :attr:`~tnsim.measures.Measure.closure`; a measure without one is computed exactly when
     both models are one layer deep, and refused otherwise.
     """
-    net_a, net_b, measure, dtype = prepared.a, prepared.b, prepared.measure, prepared.dtype
+    net_a, net_b, measure = prepared.a, prepared.b, prepared.measure
     if measure.closure == "hierarchical":
-        return _recursive_tensor(net_a, net_b, outputs, dtype, stats)
+        return _recursive_tensor(prepared, outputs, stats)
     if measure.closure == "gaussian":
-        return _recursive_gaussian(net_a, net_b, measure, outputs, dtype, stats)
-    _aligned(net_a, net_b)  # same number of layers, or a clear error
+        return _recursive_gaussian(prepared, outputs, stats)
+    _steps(net_a, net_b)  # same number of layers, or a clear error
     if len(canonical_chain(net_a)) == 1:
         diag_a = Mode("diag") if net_a.batch else Mode()
         diag_b = Mode("diag") if net_b.batch else Mode()
@@ -222,52 +228,43 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
     )
 
 
-def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
-    like = torch.empty((), dtype=dtype, device=net_a.device)
-    layers = _aligned(net_a, net_b)
+def _roles(ba, bb):
+    """Batch roles of the (aa, bb, ab) states: a diagonal state follows one stack."""
+    return ("a",) if ba else (), ("a",) if bb else (), tuple(r for r, b in (("a", ba), ("b", bb)) if b)
+
+
+def _recursive_tensor(prepared: Prepared, outputs, stats):
+    net_a, net_b, measure, dtype, like = prepared.a, prepared.b, prepared.measure, prepared.dtype, prepared.like
+    steps, close = _steps(net_a, net_b)
     ba, bb = net_a.batch, net_b.batch
-    roles_ab: tuple[str, ...] = ()  # the input metric is the same for every model
-    sa0, sb0 = _space(layers[0][0]), _space(layers[0][1])
-    first = [True]  # the input metric is the identity between frames padded alike
-    g0 = _initial_tensor(sa0, sb0, like)
-    g_aa, g_bb = _initial_tensor(sa0, sa0, like), _initial_tensor(sb0, sb0, like)
-    g_ab = g0
-    ls_a = torch.zeros(ba or (), dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
-    ls_b = torch.zeros(bb or (), dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
-    roles_aa, roles_bb = (), ()
-    for index, (la, lb) in enumerate(layers):
+    diag_a = Mode("diag") if ba else Mode()
+    diag_b = Mode("diag") if bb else Mode()
+    ls_a, ls_b = _zeros(ba, like), _zeros(bb, like)
+    roles_aa, roles_bb, roles_ab = _roles(ba, bb)
+    g_aa = g_bb = g_ab = None
+    for index, (la, lb) in enumerate(steps):
         k = max(la.degree, lb.degree)
-        for layer in (la, lb):
-            if any(t.degree < k for t in layer.terms) and not layer.in_padded:
-                raise StructureError(
-                    f"layer {layer.name} mixes degrees but has no constant coordinate; compile "
-                    "with pad=True or use method='exact'"
-                )
+        _check_mixed(la, k)
+        _check_mixed(lb, k)
         sa, sb = _space(la), _space(lb)
-        virtual = lambda t: k - t.degree  # noqa: E731
-
-        def step(x, y, g, roles, mode, sx, sy):
-            kern = _StateTensorKernel(
-                g, roles, sx, sy, decoupled=index == 0,
-                identity=first[0] and sx.padded == sy.padded,
-            )
-            tx, ty, _, _ = choose_variants(x, y, kern, virtual, (None, None), open_outputs=True, mode=mode)
-            return sum_term_pairs(
-                tx, ty, kern, open_outputs=True, mode=mode,
-                virtual_a=virtual, virtual_b=virtual, dtype=dtype, stats=stats,
-            )
-
-        raw_aa = step(la, la, g_aa, roles_aa, Mode("diag") if ba else Mode(), sa, sa)
-        raw_bb = step(lb, lb, g_bb, roles_bb, Mode("diag") if bb else Mode(), sb, sb)
-        raw_ab = step(la, lb, g_ab, roles_ab, Mode(), sa, sb)
+        virtual = lambda t, k=k: k - t.degree  # noqa: E731
+        if index == 0:  # the measure's own metric between input copies
+            kernels = [make_kernel(measure, x, y, like) for x, y in ((la, la), (lb, lb), (la, lb))]
+        else:
+            kernels = [
+                _StateTensorKernel(g_aa, roles_aa, sa, sa),
+                _StateTensorKernel(g_bb, roles_bb, sb, sb),
+                _StateTensorKernel(g_ab, roles_ab, sa, sb),
+            ]
+        raw_aa = _open_step(la, la, kernels[0], virtual, diag_a, dtype, stats)
+        raw_bb = _open_step(lb, lb, kernels[1], virtual, diag_b, dtype, stats)
+        raw_ab = _open_step(la, lb, kernels[2], virtual, Mode(), dtype, stats)
         nb_aa = 1 if ba else 0
         nb_bb = 1 if bb else 0
         c_a = _max_abs(raw_aa.mantissa, nb_aa)
         c_b = _max_abs(raw_bb.mantissa, nb_bb)
-        out_rank_a = raw_aa.mantissa.dim() - nb_aa
-        out_rank_b = raw_bb.mantissa.dim() - nb_bb
-        g_aa = raw_aa.mantissa / _expand(c_a, out_rank_a)
-        g_bb = raw_bb.mantissa / _expand(c_b, out_rank_b)
+        g_aa = raw_aa.mantissa / _expand(c_a, raw_aa.mantissa.dim() - nb_aa)
+        g_bb = raw_bb.mantissa / _expand(c_b, raw_bb.mantissa.dim() - nb_bb)
         # units: raw_xx is in exp(k*ls_x*2 + log_a + log_b); renormalise per model
         w_a = _total_log(raw_aa) / 2
         w_b = _total_log(raw_bb) / 2
@@ -279,21 +276,54 @@ def _recursive_tensor(net_a, net_b, outputs, dtype, stats):
         rest = raw_ab.mantissa.dim() - factor.dim()
         g_ab = raw_ab.mantissa * _expand(factor, rest)
         ls_a, ls_b = new_a, new_b
-        roles_aa = ("a",) if ba else ()
-        roles_bb = ("a",) if bb else ()
-        roles_ab = tuple(r for r, b in (("a", ba), ("b", bb)) if b)
-        first[0] = False
         g_aa, g_bb, g_ab = g_aa.to(dtype), g_bb.to(dtype), g_ab.to(dtype)
-    last_a, last_b = layers[-1]
+    if close is not None:
+        return _closed(close, (g_aa, g_bb, g_ab), (ls_a, ls_b), prepared, outputs, stats)
+    last_a, last_b = steps[-1]
     maps_a = output_maps(last_a, outputs, like)
     maps_b = output_maps(last_b, outputs, like)
-    ab = _close(g_ab, maps_a, maps_b, ba, bb)
-    aa = _close_diag(g_aa, maps_a, ba)
-    bb_ = _close_diag(g_bb, maps_b, bb)
     return (
-        Scaled(ab, ls_a, ls_b),
-        Scaled(aa, 2 * ls_a, 0.0),
-        Scaled(bb_, 2 * ls_b, 0.0),
+        Scaled(_close(g_ab, maps_a, maps_b, ba, bb), ls_a, ls_b),
+        Scaled(_close_diag(g_aa, maps_a, ba), 2 * ls_a, 0.0),
+        Scaled(_close_diag(g_bb, maps_b, bb), 2 * ls_b, 0.0),
+    )
+
+
+def _closed(close, states, scales, prepared: Prepared, outputs, stats):
+    r"""Inner products through the trailing linear maps :math:`U_a, U_b`, outputs closed.
+
+    With the last state :math:`S` (a metric, a second moment or a covariance, in units of
+    :math:`e^{\ell_a+\ell_b}`), :math:`\langle a, b\rangle = \mathrm{tr}(M_a U_a S U_b^\top
+    M_b^\top)` for the output maps :math:`M`: exact for every closure, since the maps are linear.
+    """
+    (ua, ub), (g_aa, g_bb, g_ab), (ls_a, ls_b) = close, states, scales
+    dtype, like = prepared.dtype, prepared.like
+    ba, bb = ua.batch, ub.batch
+    roles_aa, roles_bb, roles_ab = _roles(ba, bb)
+    sa, sb = _space(ua), _space(ub)
+    k = max(ua.degree, ub.degree)
+    virtual = lambda t: k - t.degree  # noqa: E731
+    maps_a, maps_b = output_maps(ua, outputs, like), output_maps(ub, outputs, like)
+
+    def one(x, y, g, roles, sx, sy, mx, my, mode):
+        kernel = _StateTensorKernel(g, roles, sx, sy)
+        tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (mx, my), open_outputs=False, mode=mode)
+        return sum_term_pairs(
+            tx, ty, kernel, open_outputs=False, mode=mode, virtual_a=virtual, virtual_b=virtual,
+            out_maps=(mx, my), dtype=dtype, stats=stats,
+        )
+
+    ab = one(ua, ub, g_ab, roles_ab, sa, sb, maps_a, maps_b, Mode())
+    aa = one(ua, ua, g_aa, roles_aa, sa, sa, maps_a, maps_a, Mode("diag") if ba else Mode())
+    bb_ = one(ub, ub, g_bb, roles_bb, sb, sb, maps_b, maps_b, Mode("diag") if bb else Mode())
+
+    def log(x):
+        return torch.as_tensor(x, dtype=torch.float64).to(like.device)
+
+    return (
+        Scaled(ab.mantissa.to(torch.float64), log(ab.log_a) + k * ls_a, log(ab.log_b) + k * ls_b),
+        Scaled(aa.mantissa.to(torch.float64), log(aa.log_a) + log(aa.log_b) + 2 * k * ls_a, 0.0),
+        Scaled(bb_.mantissa.to(torch.float64), log(bb_.log_a) + log(bb_.log_b) + 2 * k * ls_b, 0.0),
     )
 
 
@@ -348,76 +378,60 @@ def _close_diag(g: torch.Tensor, maps, batched) -> torch.Tensor:
     return torch.einsum(batch + letters[:r] + letters[:r] + "->" + batch, g.to(torch.float64))
 
 
-def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, stats):
-    like = torch.empty((), dtype=dtype, device=net_a.device)
-    layers = _aligned(net_a, net_b)
+def _recursive_gaussian(prepared: Prepared, outputs, stats):
+    net_a, net_b, measure, dtype, like = prepared.a, prepared.b, prepared.measure, prepared.dtype, prepared.like
+    steps, close = _steps(net_a, net_b)
     ba, bb = net_a.batch, net_b.batch
-    sa0, sb0 = _space(layers[0][0]), _space(layers[0][1])
-    measure.check(sa0)
-    m_a, c_aa = _initial_gaussian(measure, sa0, sa0, like)
-    m_b, c_bb = _initial_gaussian(measure, sb0, sb0, like)
-    _, c_ab = _initial_gaussian(measure, sa0, sb0, like)
-    roles = {"a": (), "b": ()}
-    ls_a = torch.zeros(ba, dtype=torch.float64, device=like.device) if ba else torch.zeros((), dtype=torch.float64, device=like.device)
-    ls_b = torch.zeros(bb, dtype=torch.float64, device=like.device) if bb else torch.zeros((), dtype=torch.float64, device=like.device)
-    s_ab = s_aa = s_bb = None
+    measure.check(_space(steps[0][0]))
+    ls_a, ls_b = _zeros(ba, like), _zeros(bb, like)
+    m_a = m_b = c_aa = c_bb = c_ab = None
     odd_a = odd_b = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
-    for index, (la, lb) in enumerate(layers):
+    for index, (la, lb) in enumerate(steps):
         sa, sb = _space(la), _space(lb)
         ka, kb = la.degree, lb.degree
         first = index == 0
         # after the first layer the state is rescaled, so every term must scale alike:
         # lower-degree terms are homogenised with the constant coordinate
-        for layer, k in ((la, ka), (lb, kb)):
-            if not first and any(t.degree < k for t in layer.terms) and not layer.in_padded:
-                raise StructureError(
-                    f"layer {layer.name} mixes degrees but has no constant coordinate; compile "
-                    "with pad=True or use method='exact'"
-                )
-        va = (lambda t: 0) if first else (lambda t: ka - t.degree)
-        vb = (lambda t: 0) if first else (lambda t: kb - t.degree)
+        if not first:
+            _check_mixed(la, ka)
+            _check_mixed(lb, kb)
+        va = (lambda t: 0) if first else (lambda t, k=ka: k - t.degree)
+        vb = (lambda t: 0) if first else (lambda t, k=kb: k - t.degree)
         # unpaired copies (means) can contribute unless both inputs are odd functions of a
         # centred Gaussian (then their means vanish): decided from structure, so no host sync
         zero_a, zero_b = odd_a and not sa.padded, odd_b and not sb.padded
         partial = not (zero_a and zero_b)
         odd_a = zero_a and not la.out_padded and all(t.degree % 2 for t in la.terms)
         odd_b = zero_b and not lb.out_padded and all(t.degree % 2 for t in lb.terms)
-        ra = ("a",) if roles["a"] else ()
-
-        def kern(cov, mean, spaces):
-            # first layer, unit covariance: the covariance between unpadded frames is I
-            unit = first and measure.cov is None
-            ident = {k for k in cov if unit and not spaces[k[0]].padded and not spaces[k[1]].padded}
-            return _StateGaussianKernel(
-                cov, mean, spaces, partial, decoupled=first,
-                real_mean_zero=first and measure.zero_mean, identity=frozenset(ident),
+        if first:  # the measure's own kernels between the input copies
+            k_ma = k_aa = make_kernel(measure, la, la, like)
+            k_mb = k_bb = make_kernel(measure, lb, lb, like)
+            k_ab = make_kernel(measure, la, lb, like)
+        else:
+            ra = ("a",) if ba else ()
+            rb = ("a",) if bb else ()
+            rab = tuple(r for r, b in (("a", ba), ("b", bb)) if b)
+            rb_ = ("b",) if bb else ()
+            k_ma = _StateGaussianKernel({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa}, partial)
+            k_mb = _StateGaussianKernel({("a", "a"): (c_bb, rb)}, {"a": (m_b, rb)}, {"a": sb, "b": sb}, partial)
+            k_aa = _StateGaussianKernel(
+                {("a", "a"): (c_aa, ra), ("a", "b"): (c_aa, ra), ("b", "b"): (c_aa, ra)},
+                {"a": (m_a, ra), "b": (m_a, ra)}, {"a": sa, "b": sa}, partial,
             )
-
-        # single-side means, own frames
-        k_ma = kern({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa})
-        k_mb = kern({("a", "a"): (c_bb, ("a",) if roles["b"] else ())}, {"a": (m_b, ("a",) if roles["b"] else ())}, {"a": sb, "b": sb})
-        mode_a = Mode("pair")
-        mean_a = sum_term_pairs(la.terms, None, k_ma, open_outputs=True, mode=mode_a,
+            k_bb = _StateGaussianKernel(
+                {("a", "a"): (c_bb, rb), ("a", "b"): (c_bb, rb), ("b", "b"): (c_bb, rb)},
+                {"a": (m_b, rb), "b": (m_b, rb)}, {"a": sb, "b": sb}, partial,
+            )
+            k_ab = _StateGaussianKernel(
+                {("a", "a"): (c_aa, ra), ("a", "b"): (c_ab, rab), ("b", "b"): (c_bb, rb_)},
+                {"a": (m_a, ra), "b": (m_b, rb_)}, {"a": sa, "b": sb}, partial,
+            )
+        # means, each in its own frame
+        mean_a = sum_term_pairs(la.terms, None, k_ma, open_outputs=True, mode=Mode("pair"),
                                 virtual_a=va, dtype=dtype, stats=stats)
-        mean_b = sum_term_pairs(lb.terms, None, k_mb, open_outputs=True, mode=mode_a,
+        mean_b = sum_term_pairs(lb.terms, None, k_mb, open_outputs=True, mode=Mode("pair"),
                                 virtual_a=vb, dtype=dtype, stats=stats)
         # second moments: a with a (diagonal), b with b, a with b
-        rda = ("a",) if ba and not first else ()
-        rdb = ("a",) if bb and not first else ()
-        k_aa = kern(
-            {("a", "a"): (c_aa, rda), ("a", "b"): (c_aa, rda), ("b", "b"): (c_aa, rda)},
-            {"a": (m_a, rda), "b": (m_a, rda)}, {"a": sa, "b": sa},
-        )
-        k_bb = kern(
-            {("a", "a"): (c_bb, rdb), ("a", "b"): (c_bb, rdb), ("b", "b"): (c_bb, rdb)},
-            {"a": (m_b, rdb), "b": (m_b, rdb)}, {"a": sb, "b": sb},
-        )
-        rab = () if first else tuple(r for r, b in (("a", ba), ("b", bb)) if b)
-        rb_ = ("b",) if bb and not first else ()
-        k_ab = kern(
-            {("a", "a"): (c_aa, rda), ("a", "b"): (c_ab, rab), ("b", "b"): (c_bb, rb_)},
-            {"a": (m_a, rda), "b": (m_b, rb_)}, {"a": sa, "b": sb},
-        )
         diag_a = Mode("diag") if ba else Mode()
         diag_b = Mode("diag") if bb else Mode()
         s_aa = sum_term_pairs(la.terms, la.terms, k_aa, open_outputs=True, mode=diag_a,
@@ -432,11 +446,10 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         raa = s_aa.mantissa - _outer_moments(ma, ma, nba, diag=True)
         rbb = s_bb.mantissa - _outer_moments(mb, mb, nbb, diag=True)
         rab_ = s_ab.mantissa - _outer_moments(ma, mb, (nba, nbb), diag=False)
-        last = index == len(layers) - 1
-        if last:
+        w_a = torch.as_tensor(mean_a.log_a, dtype=torch.float64)
+        w_b = torch.as_tensor(mean_b.log_a, dtype=torch.float64)
+        if index == len(steps) - 1:
             s_final = (s_ab.mantissa, s_aa.mantissa, s_bb.mantissa) if not measure.centred else (rab_, raa, rbb)
-            w_a = torch.as_tensor(mean_a.log_a, dtype=torch.float64)
-            w_b = torch.as_tensor(mean_b.log_a, dtype=torch.float64)
             ls_a = ka * ls_a + w_a.to(ls_a.device)
             ls_b = kb * ls_b + w_b.to(ls_b.device)
             break
@@ -444,8 +457,6 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         c_b = torch.maximum(_max_abs(rbb, nbb), _max_abs(mb, nbb) ** 2)
         c_a = torch.where(c_a > 0, c_a, torch.ones_like(c_a)).to(torch.float64)
         c_b = torch.where(c_b > 0, c_b, torch.ones_like(c_b)).to(torch.float64)
-        w_a = torch.as_tensor(mean_a.log_a, dtype=torch.float64)
-        w_b = torch.as_tensor(mean_b.log_a, dtype=torch.float64)
         ls_a = ka * ls_a + w_a.to(ls_a.device) + 0.5 * torch.log(c_a)
         ls_b = kb * ls_b + w_b.to(ls_b.device) + 0.5 * torch.log(c_b)
         sqa, sqb = torch.sqrt(c_a), torch.sqrt(c_b)
@@ -455,11 +466,12 @@ def _recursive_gaussian(net_a, net_b, measure: GaussianMeasure, outputs, dtype, 
         c_bb = (rbb / _expand(c_b, rbb.dim() - nbb)).to(dtype)
         scale = _outer(sqa, sqb, ba, bb)
         c_ab = (rab_ / _expand(scale, rab_.dim() - scale.dim())).to(dtype)
-        roles = {"a": ("a",) if ba else (), "b": ("b",) if bb else ()}
-    last_a, last_b = layers[-1]
+    ab, aa, bbv = s_final
+    if close is not None:  # second moments (or covariances) through the trailing maps
+        return _closed(close, (aa.to(dtype), bbv.to(dtype), ab.to(dtype)), (ls_a, ls_b), prepared, outputs, stats)
+    last_a, last_b = steps[-1]
     maps_a = output_maps(last_a, outputs, like)
     maps_b = output_maps(last_b, outputs, like)
-    ab, aa, bbv = s_final
     return (
         Scaled(_close(ab, maps_a, maps_b, ba, bb), ls_a, ls_b),
         Scaled(_close_diag(aa, maps_a, ba), 2 * ls_a, 0.0),

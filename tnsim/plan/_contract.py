@@ -179,6 +179,8 @@ def fitted(contraction: Contraction, itemsize: int):
 
 def run(contraction: Contraction, arrays: list[torch.Tensor], itemsize: int) -> torch.Tensor:
     """Execute a planned contraction; slice it, or refuse it, if it exceeds the memory limit."""
+    eq = contraction.equation
+    check_allocation([eq.size_dict[i] for i in eq.output], itemsize, "a contraction's result")
     tree = fitted(contraction, itemsize)
     if tree is None:
         limit = memory_limit()
