@@ -12,7 +12,7 @@ from ._pairings import (
     pairings,
     vanishing_rule,
 )
-from ._sides import Equation, Side, build_equation, gather
+from ._sides import Equation, Side, build_equation, gather, selector_matrix
 
 __all__ = ["Side", "Equation", "build_equation", "gather", "pairings", "live_pairings", "vanishing_rule",
-           "count_orbits", "aligned_blocks", "homogenised_group"]
+           "count_orbits", "aligned_blocks", "homogenised_group", "selector_matrix"]

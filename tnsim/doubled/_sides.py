@@ -17,7 +17,7 @@ import torch
 from ..ir._term import Term
 from ..measures import Piece
 
-__all__ = ["Side", "Equation", "build_equation", "gather"]
+__all__ = ["Side", "Equation", "build_equation", "gather", "selector_matrix"]
 
 LABELS = "ab"
 
@@ -29,7 +29,7 @@ class Side:
     term: Term
     virtual: int = 0  # extra copies attached to the kernel's pad vector (tensor measure)
     batch_label: str | None = None  # index name of the model axis; equal labels = diagonal
-    out_map: tuple[torch.Tensor | None, ...] | None = None  # per output axis, (k, dim) or None
+    out_map: tuple[torch.Tensor | None, ...] | None = None  # per axis: (k, dim), a (dim,) 0/1 weight, or None
 
     @property
     def degree(self) -> int:
@@ -126,16 +126,34 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
     for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
         ma = a.out_map[axis] if a.out_map else None
         mb = b.out_map[axis] if b.out_map else None
-        if ma is None and mb is None:
-            continue  # identity: the two legs were joined into one index (_joined_legs)
+        if _joined_output(ma, mb):
+            if ma is not None:  # a diagonal weight on the joined index (see _joined_legs)
+                add((f"a|{oa}",), ("map", 0, axis), tuple(ma.shape))
+            continue
         for si, (m, leg) in enumerate(((ma, f"a|{oa}"), (mb, f"b|{ob}"))):
             if m is None:
                 dim = sides[si].term.size_dict[leg.split("|", 1)[1]]
                 add((f"k.{axis}", leg), ("eye", dim), (dim, dim))
+            elif m.dim() == 1:
+                add((f"k.{axis}", leg), ("selector", si, axis), (m.shape[0] - 1, m.shape[0]))
             else:
                 add((f"k.{axis}", leg), ("map", si, axis), tuple(m.shape))
     eq.output = tuple(batch_out)
     return eq
+
+
+def _joined_output(ma, mb) -> bool:
+    """Whether one output axis is compared by joining its two legs: no map on either side, or
+    the same diagonal weight (a padded output's ``(0, 1, ..., 1)``) on both."""
+    if ma is None and mb is None:
+        return True
+    return ma is not None and mb is not None and ma.dim() == 1 and mb.dim() == 1
+
+
+def selector_matrix(weights: torch.Tensor) -> torch.Tensor:
+    """The ``(dim - 1, dim)`` selector of a padded output's weight ``(0, 1, ..., 1)`` (the only
+    diagonal weight there is: decided from the shape, so no host sync and no data access)."""
+    return torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)[1:]
 
 
 def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank):
@@ -185,7 +203,7 @@ def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank):
     if not open_outputs and len(sides) == 2:
         a, b = sides
         for axis, (oa, ob) in enumerate(zip(a.term.outputs, b.term.outputs)):
-            if (a.out_map is None or a.out_map[axis] is None) and (b.out_map is None or b.out_map[axis] is None):
+            if _joined_output(a.out_map[axis] if a.out_map else None, b.out_map[axis] if b.out_map else None):
                 union(f"a|{oa}", f"b|{ob}")
     return {i: find(i) for i in parent}, unjoined
 
@@ -209,6 +227,8 @@ def _resolve(src, sides, arrays, kernel, like, cache):
         return torch.eye(src[1], dtype=like.dtype, device=like.device)
     if kind == "map":
         return sides[src[1]].out_map[src[2]]
+    if kind == "selector":
+        return selector_matrix(sides[src[1]].out_map[src[2]])
     if kind == "diag":
         x = _resolve(src[1], sides, arrays, kernel, like, cache)
         inds = src[2]

@@ -22,7 +22,7 @@ from ..doubled import Side, aligned_blocks, count_orbits, live_pairings
 from ..ir._network import Network
 from ..ir._term import Term
 from ..plan._contract import Scaled, contract_pairings, normalised, planned
-from ._prepare import Mode, Prepared
+from ._prepare import Mode, Prepared, as_matrix
 
 __all__ = ["exact", "sum_term_pairs", "choose_variants", "estimate"]
 
@@ -233,6 +233,7 @@ def _mean(terms, kernel, out_map, mode, dtype, stats) -> Scaled:
     m = value.mantissa
     batched = terms[0].batch is not None
     for axis, mat in enumerate(out_map):
+        mat = as_matrix(mat)
         if mat is not None:
             ax = axis + (1 if batched else 0)
             m = torch.movedim(torch.tensordot(m, mat.to(m.dtype), dims=([ax], [1])), -1, ax)

@@ -16,9 +16,10 @@ from .. import _caches
 from ..errors import InvalidArgumentError, ShapeMismatchError, StructureError
 from ..ir._network import Network, pad_input
 from ..measures import Kernel, Measure, Space
-from ..measures._base import selector
+from ..doubled import selector_matrix
+from ..measures._base import real_weights, selector
 
-__all__ = ["Prepared", "prepare", "Mode", "output_maps", "output_indices", "make_kernel", "space_of"]
+__all__ = ["Prepared", "prepare", "Mode", "output_maps", "output_indices", "make_kernel", "space_of", "as_matrix"]
 
 _KERNELS = _caches.memo("kernels", maxsize=8)
 
@@ -123,6 +124,11 @@ def make_kernel(measure: Measure, net_a: Network, net_b: Network, like: torch.Te
     return kernel
 
 
+def as_matrix(m: torch.Tensor | None) -> torch.Tensor | None:
+    """An output map as a ``(k, dim)`` matrix (a 0/1 diagonal weight becomes its selector)."""
+    return selector_matrix(m) if m is not None and m.dim() == 1 else m
+
+
 def output_indices(outputs) -> list[int]:
     """``outputs`` as a non-empty list of integer indices (an int is one index).
 
@@ -156,7 +162,10 @@ def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor
     """Per output axis, the matrix applied before outputs are compared (``None``: identity).
 
     ``outputs`` is ``None`` (all real outputs), a list of output indices, or a ``(k, d_out)``
-    projection. The constant coordinate of a padded output is always dropped.
+    projection. The constant coordinate of a padded output is always dropped: with all
+    outputs compared, by the 0/1 weight ``(0, 1, ..., 1)`` (a vector, so that two padded
+    outputs are joined rather than multiplied by ``(d, d+1)`` selectors; see
+    :func:`as_matrix`).
     """
     d = net.d_out
     space = Space(tuple(net.out_shape), net.out_padded)
@@ -176,7 +185,8 @@ def output_maps(net: Network, outputs, like: torch.Tensor) -> tuple[torch.Tensor
         proj = torch.eye(d, dtype=like.dtype, device=like.device)[idx]
     if proj is None and not net.out_padded:
         feat = None
+    elif proj is None:
+        feat = real_weights(space, like)
     else:
-        sel = selector(space, like)
-        feat = sel if proj is None else proj @ sel
+        feat = proj @ selector(space, like)
     return (None,) * (len(net.out_shape) - 1) + (feat,)

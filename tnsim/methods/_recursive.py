@@ -33,7 +33,7 @@ from ..ir._network import Network, compose
 from ..measures import Kernel, Piece, Space
 from ..plan._contract import Scaled
 from ._exact import choose_variants, exact, sum_term_pairs
-from ._prepare import Mode, Prepared, make_kernel, output_maps
+from ._prepare import Mode, Prepared, as_matrix, make_kernel, output_maps
 
 __all__ = ["recursive", "canonical_chain"]
 
@@ -346,6 +346,7 @@ def _outer(x: torch.Tensor, y: torch.Tensor, bx, by) -> torch.Tensor:
 def _apply_maps(g: torch.Tensor, maps, start: int) -> torch.Tensor:
     """Apply per-axis output maps to the axes of ``g`` starting at ``start``."""
     for axis, m in enumerate(maps):
+        m = as_matrix(m)
         if m is not None:
             ax = start + axis
             g = torch.movedim(torch.tensordot(g, m.to(g.dtype), dims=([ax], [1])), -1, ax)
