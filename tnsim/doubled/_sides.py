@@ -61,8 +61,20 @@ def _space_rank(kernel, label: str) -> int:
     return len(kernel.spaces[label].shape)
 
 
-def _block_key(sides, block) -> tuple:
+def _block_key(sides, block, kernel) -> tuple:
+    """How a block's pieces are looked up: by the sides of its copies, or (a copy-aware
+    kernel, see :mod:`tnsim.plan._readers`) by the copies themselves."""
+    if getattr(kernel, "copy_aware", False):
+        return ("cblock",) + tuple(block)
     return ("block",) + tuple(LABELS[si] for si, _ in block)
+
+
+def _pieces(kernel, tag):
+    if tag[0] == "pad":
+        return kernel.pad(tag[1])
+    if tag[0] == "cblock":
+        return kernel.block_of(tag[1:])
+    return kernel.block(tag[1:])
 
 
 def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs: bool) -> Equation:
@@ -113,9 +125,9 @@ def build_equation(sides: list[Side], blocks: list[tuple], kernel, open_outputs:
         for c in range(side.term.degree, side.degree):
             attach(kernel.pad(LABELS[si]), [_copy_legs(si, side, c, rank[si])], ("pad", LABELS[si]))
     for bi, block in enumerate(blocks):  # a virtual copy carries its pad vector and its block's pieces
-        tag = _block_key(sides, block)
+        tag = _block_key(sides, block, kernel)
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
-        attach(kernel.block(tag[1:]), legs, tag, bi)
+        attach(_pieces(kernel, tag), legs, tag, bi)
 
     batch_out = list(dict.fromkeys(s.batch_label for s in sides if s.batch_label))
     if open_outputs:
@@ -193,7 +205,7 @@ def _joined_legs(sides, blocks, kernel, open_outputs: bool, rank):
     for bi, block in enumerate(blocks):
         if len(block) < 2:
             continue
-        pieces = kernel.block(_block_key(sides, block)[1:]) or ()
+        pieces = _pieces(kernel, _block_key(sides, block, kernel)) or ()
         legs = [_copy_legs(si, sides[si], c, rank[si]) for si, c in block]
         for pi, piece in enumerate(pieces):
             if piece.joins:
@@ -221,7 +233,7 @@ def _resolve(src, sides, arrays, kernel, like, cache):
     if kind == "k":
         tag, pi = src[1], src[2]
         if tag not in cache:
-            cache[tag] = kernel.pad(tag[1]) if tag[0] == "pad" else kernel.block(tag[1:])
+            cache[tag] = _pieces(kernel, tag)
         return cache[tag][pi].array
     if kind == "eye":
         return torch.eye(src[1], dtype=like.dtype, device=like.device)

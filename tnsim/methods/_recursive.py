@@ -116,6 +116,7 @@ class _StateTensorKernel(Kernel):
 
     scheme = "bijections"
     const_blocks = True
+    readable = True  # plain dense pieces: blocks can be pre-contracted with their readers
 
     def __init__(self, g: torch.Tensor, roles: tuple[str, ...], space_a: Space, space_b: Space):
         self.g, self.roles = g, roles
@@ -136,6 +137,7 @@ class _StateGaussianKernel(Kernel):
     """Propagated means and covariances of the layer inputs (Gaussian closure)."""
 
     scheme = "matchings"
+    readable = True
 
     def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial

@@ -24,6 +24,7 @@ from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
 from ._execute import execute
+from ._readers import read_through
 
 __all__ = [
     "Scaled", "planned", "contract_pairings", "normalised", "dry_run", "quiet", "Contraction",
@@ -244,6 +245,10 @@ def contract_pairings(
     coeff = math.prod(s.term.coeff for s in sides) * norm
     itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
+    if len(reps) > 1:  # blocks met by several orbits: contract them with their readers once
+        read = read_through(sides, kernel, arrays, bool(_DRY.get()), stats)
+        if read is not None:
+            sides, kernel, arrays = read
     if _DRY.get():
         return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, _DRY.get()[1])
     total = None
@@ -280,6 +285,10 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     """
     if not reps:
         return _zeros_result(sides, open_outputs, like)
+    if getattr(kernel, "copy_aware", False):  # every block tensor is formed once: price them all
+        for _, _, blocks in reps:
+            for block in blocks:
+                kernel.block_of(tuple(block))
     quick = samples is not None  # an estimate: greedy paths where none is known yet
     samples = len(reps) if samples is None else samples
     step = max(1, len(reps) // samples)
