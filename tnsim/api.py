@@ -187,7 +187,7 @@ def compare(a, b, *, measure="gaussian", method: str = "auto", mean=None, cov=No
     value = float(cosine(ab, aa, bb))
     meas = p.measure
     method = _ran(method, p)
-    c = cost_from_stats(stats, method, meas.describe(), p.dtype)
+    c = cost_from_stats(stats, method, meas.describe(), p.dtype, p.a.device)
     na, nb = float(aa.value()), float(bb.value())
     return Comparison(
         value=value,
@@ -239,7 +239,7 @@ def cost(a, b=None, *, measure="gaussian", method: str = "auto", mean=None, cov=
     stats: dict = {"paths": []}
     with dry_run(samples):
         _similarity_scaled(p, method, outputs, stats)
-    return cost_from_stats(stats, _ran(method, p), p.measure.describe(), p.dtype)
+    return cost_from_stats(stats, _ran(method, p), p.measure.describe(), p.dtype, p.a.device)
 
 
 def _ran(method: str, p: Prepared) -> str:

@@ -470,6 +470,7 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
             raise StructureError("cannot stack networks that are already stacks")
 
     memo: dict = {}  # the same weight appears in many terms: stack it once
+    seen: dict = {}  # and its support is read once
 
     def stacked(xs):
         key = tuple(id(x) for x in xs)
@@ -481,7 +482,8 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
         out = []
         for parts in zip(*groups):
             arrays = tuple(stacked([p.arrays[i] for p in parts]) for i in range(len(parts[0].arrays)))
-            supports = [copy_support(p) for p in parts]  # read once per model, kept on the stack
+            # read once per model (a tensor shared by many terms, once), kept on the stack
+            supports = [copy_support(p, seen) for p in parts]
             support = tuple(
                 tuple(any(s[c][k] for s in supports) for k in range(2)) for c in range(parts[0].degree)
             )

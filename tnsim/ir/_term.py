@@ -367,7 +367,7 @@ def expand_composition(outer: list[Term], inner: list[Term]) -> list[Term]:
     return out
 
 
-def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
+def copy_support(term: Term, seen: dict | None = None) -> tuple[tuple[bool, bool], ...]:
     """Per copy of a term on a padded space: ``(uses constant, uses real features)``.
 
     Read off the one tensor carrying the copy's feature leg (``False`` only when that slice is
@@ -376,7 +376,8 @@ def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
     Reading values synchronises with the device, so the result is stored on the term
     (``Term.support``) and carried over by :func:`~tnsim.network.stack`: a matrix of stacked
     checkpoints reads it once per model, never inside its block loop. Meta tensors (no values)
-    get the conservative answer.
+    get the conservative answer. ``seen`` remembers slices already read (keyed by the
+    tensor's identity and axis) across the terms of one network.
     """
     if term.support is not None:
         return term.support
@@ -390,8 +391,15 @@ def copy_support(term: Term) -> tuple[tuple[bool, bool], ...]:
             x = term.arrays[hold[0]]
             if x.device.type != "meta":
                 ax = term.inds[hold[0]].index(f) + off
-                const = bool(x.narrow(ax, 0, 1).any())
-                real = bool(x.narrow(ax, 1, x.shape[ax] - 1).any())
+                key = (id(x), ax)
+                if seen is None or key not in seen:
+                    read = (bool(x.narrow(ax, 0, 1).any()), bool(x.narrow(ax, 1, x.shape[ax] - 1).any()))
+                    if seen is None:
+                        const, real = read
+                    else:
+                        seen[key] = (read, x)  # keep x alive so its id stays unique
+                if seen is not None:
+                    const, real = seen[key][0]
         out.append((const, real))
     out = tuple(out)
     object.__setattr__(term, "support", out)

@@ -8,10 +8,12 @@ otherwise the recursive one. :class:`Cost` is what :func:`tnsim.cost` reports.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import _caches
 from .._memory import memory_limit
 from ..errors import InvalidArgumentError, UnaffordableError, ZeroNormError
 from ..plan import _paths as paths
@@ -70,6 +72,11 @@ class Cost:
         Elements of the largest intermediate without slicing.
     blocks, block_size
         For a matrix (:func:`cost` of lists of models): blocks computed and models per chunk.
+    seconds
+        Estimated run time on this machine: ``2 * flops`` at the matrix-multiply rate measured
+        once per process for the models' dtype and device (:func:`gemm_rate`), plus
+        :data:`CONTRACTION_OVERHEAD_S` per contraction. A guide, not a promise: small and
+        oddly shaped contractions run below the GEMM rate.
     estimated
         ``True`` when the flops, intermediates and slicing come from a sample of each term
         pair's orbit contractions scaled by their count (:data:`tnsim.plan._contract.DRY_SAMPLES`
@@ -92,6 +99,7 @@ class Cost:
     blocks: int = 1
     block_size: int | None = None
     estimated: bool = False
+    seconds: float = 0.0
 
     def __repr__(self) -> str:
         mib = self.largest_intermediate_bytes / 2**20
@@ -100,6 +108,7 @@ class Cost:
             f"largest_intermediate={self.largest_intermediate:.3g} ({mib:.3g} MiB)",
             f"width={self.width:.1f}",
             f"contractions={self.contractions}",
+            f"seconds={self.seconds:.3g}",
             f"method={self.method!r}",
             f"measure={self.measure!r}",
         ]
@@ -114,10 +123,38 @@ class Cost:
         return "Cost(" + ", ".join(parts) + ")"
 
 
-def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, **extra) -> Cost:
+#: Python and small-call overhead per orbit contraction (seconds; measured ~1 ms warm on CPU)
+CONTRACTION_OVERHEAD_S = 1e-3
+
+_RATES = _caches.memo("GEMM rates")
+
+
+def gemm_rate(dtype: torch.dtype, device) -> float:
+    """Floating point operations per second of one ``1024 x 1024`` matrix product (measured
+    once per process, dtype and device; the best of three)."""
+    device = torch.device(device)
+    if device.type == "meta":  # no arithmetic happens there: price it as the host
+        device = torch.device("cpu")
+    key = (dtype, str(device))
+    if key not in _RATES:
+        x = torch.ones(1024, 1024, dtype=dtype, device=device)
+        best = float("inf")
+        for _ in range(3):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            t = time.perf_counter()
+            (x @ x).sum().item()
+            best = min(best, time.perf_counter() - t)
+        _RATES[key] = 2 * 1024**3 / max(best, 1e-9)
+    return _RATES[key]
+
+
+def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, device="cpu", **extra) -> Cost:
     """A :class:`Cost` from the statistics the contraction loop records."""
     itemsize = dtype.itemsize
     largest = stats.get("max_size", 0.0)
+    flops, count = stats.get("flops", 0.0), round(stats.get("contractions", 0))
+    seconds = 2 * flops / gemm_rate(dtype, device) + CONTRACTION_OVERHEAD_S * count if flops else 0.0
     opts = sorted(stats.get("optimizers", ()))
     return Cost(
         flops=stats.get("flops", 0.0),
@@ -134,6 +171,7 @@ def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, 
         estimated=bool(stats.get("estimated", 0)),
         fits=not stats.get("unaffordable", 0),
         unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
+        seconds=seconds,
         **extra,
     )
 

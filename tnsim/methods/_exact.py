@@ -21,7 +21,7 @@ from .. import _caches
 from ..doubled import Side, aligned_blocks, count_orbits, live_pairings
 from ..ir._network import Network
 from ..ir._term import Term
-from ..plan._contract import Scaled, contract_pairings, normalised, planned
+from ..plan._contract import Scaled, contract_pairings, is_dry, normalised, planned
 from ._prepare import Mode, Prepared, as_matrix
 
 __all__ = ["exact", "sum_term_pairs", "choose_variants", "estimate"]
@@ -59,10 +59,12 @@ def sum_term_pairs(
     """
     device = terms_a[0].arrays[0].device if terms_a and terms_a[0].arrays else None
 
+    normalise = normalise and not is_dry()  # a dry run reads no values
+
     def prep(terms):
         out = []
         for t in terms:
-            arrs, ls = normalised(t, dtype) if normalise else (list(t.arrays), torch.zeros((), dtype=torch.float64, device=device))
+            arrs, ls = normalised(t, dtype) if normalise else (list(t.arrays), torch.zeros(t.batch or (), dtype=torch.float64, device=device))
             out.append((t, arrs, ls.to(t.arrays[0].device) if t.arrays else ls))
         ref = torch.stack([ls for _, _, ls in out]).amax(0)
         return out, ref
@@ -93,6 +95,9 @@ def sum_term_pairs(
             value = contract_pairings(
                 sides, kernel, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats
             )
+            if is_dry():  # a zero stand-in: keep its shape, skip the arithmetic
+                total = value if total is None else total
+                continue
             w = w.to(value.device)
             value = value * w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
             total = value if total is None else total + value

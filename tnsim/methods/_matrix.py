@@ -316,6 +316,9 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
     """
     plan = plan_matrix(models, models_b, **options)
     stats: dict = {"paths": []}
+    # a block's cost depends on structure only: price one block per class (architectures,
+    # chunk sizes, diagonal or not) and count it as many times as the class occurs
+    priced: dict = {}
     with dry_run(samples):  # the same calls as run_plan, planned and costed, contracting nothing
         norms: dict = {}
         for i, j in plan.blocks:
@@ -325,17 +328,45 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
                 side = "a" if plan.symmetric else side
                 if (side, k) not in norms:
                     chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
-                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=stats)
+                    key = ("norm", side, chunk.group, len(chunk.rows))
+                    sub = priced.get(key)
+                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=sub if sub is not None else _new_class(priced, key))
+                    priced[key]["count"] += 1
         for i, j in plan.blocks:
             ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)
+            diag = plan.symmetric and i == j
+            key = ("block", ca.group, cb.group, len(ca.rows), len(cb.rows), diag)
+            if key in priced:
+                priced[key]["count"] += 1
+                continue
             exact_ = spec.method == "exact"
             na = norms["a", i] if exact_ else None
             nb = norms["a" if plan.symmetric else "b", j] if exact_ else None
-            block_task(ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j, stats=stats)
+            block_task(ca.stack, cb.stack, spec, na, nb, diag, stats=_new_class(priced, key))
+            priced[key]["count"] += 1
+    for sub in priced.values():
+        _merge(stats, sub["stats"], sub["count"])
     dtype = torch.promote_types(plan.nets_a[0].dtype, plan.nets_b[0].dtype)
     method = "+".join(sorted(set(plan.methods.values())))
-    return cost_from_stats(stats, method, plan.measure.describe(), dtype, blocks=len(plan.blocks),
+    return cost_from_stats(stats, method, plan.measure.describe(), dtype, plan.nets_a[0].device, blocks=len(plan.blocks),
                             block_size=plan.block_size)
+
+
+def _new_class(priced: dict, key) -> dict:
+    priced[key] = {"stats": {"paths": []}, "count": 0}
+    return priced[key]["stats"]
+
+
+def _merge(stats: dict, sub: dict, count: int) -> None:
+    """Add ``count`` times one block's statistics (sums scale, maxima and sets do not)."""
+    for k in ("flops", "contractions", "sliced", "unaffordable", "estimated"):
+        if k in sub:
+            stats[k] = stats.get(k, 0) + count * sub[k]
+    for k in ("max_size", "unsliced_max_size", "slices"):
+        if k in sub:
+            stats[k] = max(stats.get(k, 0), sub[k])
+    stats.setdefault("optimizers", set()).update(sub.get("optimizers", ()))
+    stats["paths"] += sub.get("paths", [])
 
 
 # --- the work of one block (module level: tasks pickle it by reference) --------------------

@@ -27,7 +27,7 @@ from ._execute import execute
 from ._readers import read_through
 
 __all__ = [
-    "Scaled", "planned", "contract_pairings", "normalised", "dry_run", "quiet", "Contraction",
+    "Scaled", "planned", "contract_pairings", "normalised", "dry_run", "is_dry", "quiet", "Contraction",
 ]
 
 
@@ -303,7 +303,7 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
         stats["estimated"] = stats.get("estimated", 0) + 1
     shape = [con.equation.size_dict[i] for i in con.equation.output]
     check_allocation(shape, 8, "a contraction's result")
-    return torch.zeros(shape, dtype=torch.float64, device=like.device)
+    return _zero(shape, like)
 
 
 def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0) -> None:
@@ -334,4 +334,14 @@ def _zeros_result(sides: list[Side], open_outputs: bool, like: torch.Tensor) -> 
             shape.append(s.term.batch)
     if open_outputs:
         shape += [s.term.size_dict[o] for s in sides for o in s.term.outputs]
-    return torch.zeros(shape, dtype=torch.float64, device=like.device)
+    return _zero(shape, like) if _DRY.get() else torch.zeros(shape, dtype=torch.float64, device=like.device)
+
+
+def _zero(shape, like) -> torch.Tensor:
+    """A zero of ``shape`` that allocates nothing (a dry run's stand-in result)."""
+    return torch.zeros((), dtype=torch.float64, device=like.device).expand(shape)
+
+
+def is_dry() -> bool:
+    """Whether contractions are only being planned and costed (:func:`dry_run`)."""
+    return bool(_DRY.get())
