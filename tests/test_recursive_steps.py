@@ -1,0 +1,110 @@
+"""The recursive method's steps for language-model-shaped stacks.
+
+An embedding is propagated as its own exact linear step (the state is then d_model-wide, not
+vocab-wide), an unembedding closes the last state with the output maps, and blocks of copies
+are pre-contracted with their readers once per term pair (read-through). Each is checked
+against an independent computation: the exact method where the recursive one must agree with
+it (one non-linear layer), and the same recursive computation with the optimisation off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tnsim
+import tnsim.methods._recursive as recursive_module
+import tnsim.plan._contract as contract
+
+V, D, N = 5, 4, 3
+
+
+def lm(seed: int, layers: int = 2, positional: bool = True, heads: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    blocks = [tnsim.nn.BilinearAttention(D, N, n_heads=heads, residual=True) for _ in range(layers)]
+    return torch.nn.Sequential(
+        tnsim.nn.Embedding(V, D, n_ctx=N, positional=positional), *blocks, tnsim.nn.Unembedding(D, V)
+    ).double()
+
+
+def values(a, b, measure):
+    return (
+        tnsim.inner(a, b, measure=measure, method="recursive"),
+        tnsim.norm(a, measure=measure, method="recursive"),
+        tnsim.similarity(a, b, measure=measure, method="recursive"),
+    )
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_one_attention_layer_between_embeddings_is_exact(measure):
+    """Embedding -> attention -> unembedding: one non-linear layer, so the recursive method
+    (embedding step, layer step, closing step) must equal the exact method."""
+    a, b = lm(1, layers=1), lm(2, layers=1)
+    for x, y in ((a, b), (a, a), (b, a)):
+        want = tnsim.inner(x, y, measure=measure, method="exact")
+        got = tnsim.inner(x, y, measure=measure, method="recursive")
+        assert got == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_embedding_step_equals_the_fused_layer(measure, monkeypatch):
+    """Propagating the embedding on its own gives the same numbers as fusing it into the first
+    attention layer (what the method did before; exact algebra, so agreement to rounding)."""
+    a, b = lm(1), lm(2)
+    split = values(a, b, measure)
+    calls = []
+    real_steps = recursive_module._steps
+
+    def spy(x, y):
+        steps, close = real_steps(x, y)
+        calls.append((len(steps), close is not None))
+        return steps, close
+
+    monkeypatch.setattr(recursive_module, "_steps", spy)
+    values(a, b, measure)
+    assert calls[0] == (3, True)  # embedding, two attention layers; the unembedding closes
+    monkeypatch.setattr(recursive_module, "_shrinks", lambda net: False)  # fuse the embedding
+    tnsim.clear_cache(disk=False)
+    calls.clear()
+    fused = values(a, b, measure)
+    assert calls[0] == (2, True)
+    for s, f in zip(split, fused):
+        assert s == pytest.approx(f, rel=1e-9)
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_read_through_changes_no_value(measure, monkeypatch):
+    """Blocks pre-contracted with their readers give the orbit sums of the plain loop."""
+    a, b = lm(3), lm(4)
+    used = []
+    real = contract.read_through
+
+    def spy(*args):
+        out = real(*args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(contract, "read_through", spy)
+    with_read = values(a, b, measure)
+    assert any(used)
+    monkeypatch.setattr(contract, "read_through", lambda *args: None)
+    tnsim.clear_cache(disk=False)
+    plain = values(a, b, measure)
+    for r, p in zip(with_read, plain):
+        assert r == pytest.approx(p, rel=1e-10)
+
+
+def test_read_through_in_a_matrix_of_stacks():
+    """Model stacks (batch axes on readers and states) give the pairwise values."""
+    models = [lm(s) for s in range(3)]
+    m = tnsim.similarity_matrix(models, measure="tensor", method="recursive", block_size=2, progress=False)
+    for i in range(3):
+        for j in range(3):
+            want = tnsim.similarity(models[i], models[j], measure="tensor", method="recursive")
+            assert float(m[i, j]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_lm_cost_reports_an_estimated_time():
+    models = [lm(s) for s in range(4)]
+    c = tnsim.cost(models, measure="tensor", method="recursive", block_size=2)
+    assert c.seconds > 0 and c.blocks == 3 and c.contractions > 0
