@@ -1,0 +1,124 @@
+"""The paper's language-model workload: a 102-checkpoint similarity matrix, recursive method.
+
+Model: ``Embedding(4096, 256, positional) -> BilinearAttention(256, n_ctx 4, 4 heads,
+residual) x 2 -> Unembedding(256, 4096)``; checkpoints are copies of one random model with
+every weight perturbed by 2 % of its standard deviation. Figures, each in its own forked
+process (peak resident memory next to it), torch threads as given (default 2 = the cores):
+
+* ``tnsim.cost`` of the whole 102 x 102 ``similarity_matrix`` (cold path cache), and the
+  time it reports (:attr:`tnsim.Cost.seconds`);
+* one recursive ``similarity`` pair, cold and warm;
+* a measured sub-matrix of ``--sub`` checkpoints, and the full matrix extrapolated from it by
+  the ratio of the two costs' flops (both from ``tnsim.cost``, same blocks);
+* the exact method's cost for one pair (estimated, not run).
+
+    python benchmarks/bench_lm.py [--quick] [--measures tensor gaussian] [--sub 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+from common import device_name, in_child, isolated_cache, save
+
+import tnsim
+
+VOCAB, D_MODEL, N_CTX, HEADS, CHECKPOINTS = 4096, 256, 4, 4, 102
+
+
+def checkpoints(n: int, seed: int = 0) -> list[torch.nn.Module]:
+    torch.manual_seed(seed)
+    base = torch.nn.Sequential(
+        tnsim.nn.Embedding(VOCAB, D_MODEL, n_ctx=N_CTX, positional=True),
+        tnsim.nn.BilinearAttention(D_MODEL, N_CTX, n_heads=HEADS, residual=True),
+        tnsim.nn.BilinearAttention(D_MODEL, N_CTX, n_heads=HEADS, residual=True),
+        tnsim.nn.Unembedding(D_MODEL, VOCAB),
+    )
+    out = []
+    for _ in range(n):
+        m = copy.deepcopy(base)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.02 * p.std() * torch.randn_like(p))
+        out.append(m)
+    return out
+
+
+def compiled(n: int) -> list[tnsim.Network]:
+    example = torch.zeros(1, N_CTX, VOCAB)
+    example[..., 0] = 1
+    return [tnsim.compile(m, example) for m in checkpoints(n)]
+
+
+def cost_figure(measure: str, threads: int, n: int) -> dict:
+    torch.set_num_threads(threads)
+    isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
+    nets = compiled(n)
+    t = time.perf_counter()
+    c = tnsim.cost(nets, measure=measure, method="recursive")
+    return dict(cost_s=time.perf_counter() - t, flops=c.flops, seconds=c.seconds, blocks=c.blocks,
+                block_size=c.block_size, largest_mib=c.largest_intermediate_bytes / 2**20,
+                contractions=c.contractions)
+
+
+def pair_figure(measure: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
+    a, b, c, d = compiled(4)
+    t = time.perf_counter()
+    value = tnsim.similarity(a, b, measure=measure, method="recursive")
+    cold = time.perf_counter() - t
+    warm = []
+    for _ in range(2):
+        t = time.perf_counter()
+        tnsim.similarity(c, d, measure=measure, method="recursive")
+        warm.append(time.perf_counter() - t)
+    exact = tnsim.cost(a, b, measure=measure, method="exact")
+    return dict(value=value, cold_s=cold, warm_s=min(warm), exact_flops=exact.flops,
+                exact_contractions=exact.contractions, exact_seconds=exact.seconds)
+
+
+def matrix_figure(measure: str, threads: int, n: int) -> dict:
+    torch.set_num_threads(threads)
+    isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
+    nets = compiled(n)
+    c = tnsim.cost(nets, measure=measure, method="recursive")
+    tnsim.similarity(nets[0], nets[1], measure=measure, method="recursive")  # plans
+    t = time.perf_counter()
+    m = tnsim.similarity_matrix(nets, measure=measure, method="recursive", progress=False)
+    run_s = time.perf_counter() - t
+    return dict(n=n, run_s=run_s, flops=c.flops, cost_seconds=c.seconds, blocks=c.blocks,
+                block_size=c.block_size, off_diagonal_mean=float(m[~torch.eye(n, dtype=torch.bool)].mean()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a sub-matrix of 4 checkpoints")
+    ap.add_argument("--measures", nargs="+", default=["tensor", "gaussian"], choices=["tensor", "gaussian"])
+    ap.add_argument("--sub", type=int, default=None, help="checkpoints in the measured sub-matrix (default 8)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    sub = args.sub or (4 if args.quick else 8)
+    out = dict(device=device_name(torch.device("cpu")), threads=args.threads, sub=sub)
+    for measure in args.measures:
+        full, rss_cost = in_child(cost_figure, measure, args.threads, CHECKPOINTS)
+        pair, rss_pair = in_child(pair_figure, measure, args.threads)
+        part, rss_part = in_child(matrix_figure, measure, args.threads, sub)
+        extrapolated = part["run_s"] * full["flops"] / part["flops"]
+        out[measure] = dict(cost=full | dict(peak_mib=rss_cost), pair=pair | dict(peak_mib=rss_pair),
+                            sub_matrix=part | dict(peak_mib=rss_part), extrapolated_full_s=extrapolated)
+        print(f"{measure}: cost() of the {CHECKPOINTS}-checkpoint matrix {full['cost_s']:.2f} s "
+              f"(it estimates {full['seconds'] / 60:.1f} min); pair cold {pair['cold_s']:.2f} s, "
+              f"warm {pair['warm_s']:.2f} s; {sub}-checkpoint matrix {part['run_s']:.1f} s -> "
+              f"{CHECKPOINTS}-checkpoint matrix ~{extrapolated / 60:.1f} min (by flops); exact pair: "
+              f"{pair['exact_contractions']} contractions, {pair['exact_flops']:.3g} flops "
+              f"(~{pair['exact_seconds'] / 60:.1f} min estimated)")
+    save("lm_" + "_".join(args.measures) + ("_quick" if args.quick else ""), out)
+
+
+if __name__ == "__main__":
+    main()
