@@ -392,14 +392,12 @@ def copy_support(term: Term, seen: dict | None = None) -> tuple[tuple[bool, bool
             if x.device.type != "meta":
                 ax = term.inds[hold[0]].index(f) + off
                 key = (id(x), ax)
-                if seen is None or key not in seen:
-                    read = (bool(x.narrow(ax, 0, 1).any()), bool(x.narrow(ax, 1, x.shape[ax] - 1).any()))
-                    if seen is None:
-                        const, real = read
-                    else:
-                        seen[key] = (read, x)  # keep x alive so its id stays unique
-                if seen is not None:
-                    const, real = seen[key][0]
+                hit = seen.get(key) if seen is not None else None
+                if hit is None:  # x is kept alive with its answer, so its id stays unique
+                    hit = ((bool(x.narrow(ax, 0, 1).any()), bool(x.narrow(ax, 1, x.shape[ax] - 1).any())), x)
+                    if seen is not None:
+                        seen[key] = hit
+                const, real = hit[0]
         out.append((const, real))
     out = tuple(out)
     object.__setattr__(term, "support", out)

@@ -27,7 +27,7 @@ from ..errors import ShapeMismatchError
 
 __all__ = [
     "Space", "Piece", "Kernel", "Measure", "selector", "embedded", "e0", "feature_pieces",
-    "diagonal_pieces", "real_weights", "pad_pieces",
+    "diagonal_pieces", "real_weights", "pad_pieces", "KERNEL_FLAGS",
 ]
 
 
@@ -150,12 +150,16 @@ class Kernel:
         return _OneSided(self, side)
 
 
+#: The :class:`Kernel` attributes a wrapping kernel inherits from the kernel it wraps.
+KERNEL_FLAGS = ("scheme", "partial", "max_block", "decoupled", "const_blocks", "real_mean_zero", "like")
+
+
 class _OneSided(Kernel):
     """A kernel seen from one side: every slot reads that side's frame."""
 
     def __init__(self, kernel: Kernel, side: str):
         self.k, self.side = kernel, side
-        for name in ("scheme", "partial", "max_block", "decoupled", "const_blocks", "real_mean_zero", "like"):
+        for name in KERNEL_FLAGS:
             setattr(self, name, getattr(kernel, name, None))
         self.spaces = {"a": kernel.spaces[side], "b": kernel.spaces[side]}
         self.structure = ("one-sided", side) + tuple(kernel.structure)

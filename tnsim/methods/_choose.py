@@ -76,7 +76,10 @@ class Cost:
         Estimated run time on this machine: ``2 * flops`` at the matrix-multiply rate measured
         once per process for the models' dtype and device (:func:`gemm_rate`), plus
         :data:`CONTRACTION_OVERHEAD_S` per contraction. A guide, not a promise: small and
-        oddly shaped contractions run below the GEMM rate.
+        oddly shaped contractions run below the GEMM rate. Computed on first access, so a
+        comparison that never asks runs no timing product.
+    dtype, device
+        The models' compute dtype and device, which ``seconds`` is priced for.
     estimated
         ``True`` when the flops, intermediates and slicing come from a sample of each term
         pair's orbit contractions scaled by their count (:data:`tnsim.plan._contract.DRY_SAMPLES`
@@ -99,7 +102,15 @@ class Cost:
     blocks: int = 1
     block_size: int | None = None
     estimated: bool = False
-    seconds: float = 0.0
+    dtype: torch.dtype = field(default=torch.float32, repr=False)
+    device: str = field(default="cpu", repr=False)
+
+    @property
+    def seconds(self) -> float:
+        """Estimated run time (see the class docstring); the GEMM rate is measured on first use."""
+        if not self.flops:
+            return 0.0
+        return 2 * self.flops / gemm_rate(self.dtype, self.device) + CONTRACTION_OVERHEAD_S * self.contractions
 
     def __repr__(self) -> str:
         mib = self.largest_intermediate_bytes / 2**20
@@ -153,8 +164,6 @@ def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, 
     """A :class:`Cost` from the statistics the contraction loop records."""
     itemsize = dtype.itemsize
     largest = stats.get("max_size", 0.0)
-    flops, count = stats.get("flops", 0.0), round(stats.get("contractions", 0))
-    seconds = 2 * flops / gemm_rate(dtype, device) + CONTRACTION_OVERHEAD_S * count if flops else 0.0
     opts = sorted(stats.get("optimizers", ()))
     return Cost(
         flops=stats.get("flops", 0.0),
@@ -171,7 +180,8 @@ def cost_from_stats(stats: dict, method: str, measure: str, dtype: torch.dtype, 
         estimated=bool(stats.get("estimated", 0)),
         fits=not stats.get("unaffordable", 0),
         unsliced_largest_intermediate=stats.get("unsliced_max_size", 0.0),
-        seconds=seconds,
+        dtype=dtype,
+        device=str(device),
         **extra,
     )
 

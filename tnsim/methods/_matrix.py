@@ -329,8 +329,8 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
                 if (side, k) not in norms:
                     chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
                     key = ("norm", side, chunk.group, len(chunk.rows))
-                    sub = priced.get(key)
-                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=sub if sub is not None else _new_class(priced, key))
+                    sub = None if key in priced else _new_class(priced, key)
+                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=sub)
                     priced[key]["count"] += 1
         for i, j in plan.blocks:
             ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)

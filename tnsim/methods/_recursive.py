@@ -191,12 +191,15 @@ def _check_mixed(layer: Network, k: int) -> None:
         )
 
 
-def _open_step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats) -> Scaled:
-    """One layer pair contracted with ``kernel`` on its inputs, outputs left open."""
-    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (None, None), open_outputs=True, mode=mode)
+def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out_maps=None) -> Scaled:
+    """One layer pair contracted with ``kernel`` on its inputs: outputs left open, or (with
+    ``out_maps``) compared through the output maps."""
+    open_outputs = out_maps is None
+    maps = (None, None) if open_outputs else out_maps
+    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, maps, open_outputs=open_outputs, mode=mode)
     return sum_term_pairs(
-        tx, ty, kernel, open_outputs=True, mode=mode,
-        virtual_a=virtual, virtual_b=virtual, dtype=dtype, stats=stats,
+        tx, ty, kernel, open_outputs=open_outputs, mode=mode, virtual_a=virtual, virtual_b=virtual,
+        out_maps=maps, dtype=dtype, stats=stats,
     )
 
 
@@ -258,9 +261,9 @@ def _recursive_tensor(prepared: Prepared, outputs, stats):
                 _StateTensorKernel(g_bb, roles_bb, sb, sb),
                 _StateTensorKernel(g_ab, roles_ab, sa, sb),
             ]
-        raw_aa = _open_step(la, la, kernels[0], virtual, diag_a, dtype, stats)
-        raw_bb = _open_step(lb, lb, kernels[1], virtual, diag_b, dtype, stats)
-        raw_ab = _open_step(la, lb, kernels[2], virtual, Mode(), dtype, stats)
+        raw_aa = _step(la, la, kernels[0], virtual, diag_a, dtype, stats)
+        raw_bb = _step(lb, lb, kernels[1], virtual, diag_b, dtype, stats)
+        raw_ab = _step(la, lb, kernels[2], virtual, Mode(), dtype, stats)
         nb_aa = 1 if ba else 0
         nb_bb = 1 if bb else 0
         c_a = _max_abs(raw_aa.mantissa, nb_aa)
@@ -308,12 +311,7 @@ def _closed(close, states, scales, prepared: Prepared, outputs, stats):
     maps_a, maps_b = output_maps(ua, outputs, like), output_maps(ub, outputs, like)
 
     def one(x, y, g, roles, sx, sy, mx, my, mode):
-        kernel = _StateTensorKernel(g, roles, sx, sy)
-        tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (mx, my), open_outputs=False, mode=mode)
-        return sum_term_pairs(
-            tx, ty, kernel, open_outputs=False, mode=mode, virtual_a=virtual, virtual_b=virtual,
-            out_maps=(mx, my), dtype=dtype, stats=stats,
-        )
+        return _step(x, y, _StateTensorKernel(g, roles, sx, sy), virtual, mode, dtype, stats, (mx, my))
 
     ab = one(ua, ub, g_ab, roles_ab, sa, sb, maps_a, maps_b, Mode())
     aa = one(ua, ua, g_aa, roles_aa, sa, sa, maps_a, maps_a, Mode("diag") if ba else Mode())

@@ -28,13 +28,13 @@ import torch
 
 from .._memory import check_allocation
 from ..doubled import Side
+from ..doubled._sides import LABELS
 from ..measures import Kernel, Piece
+from ..measures._base import KERNEL_FLAGS
 from . import _paths as paths
 from ._execute import execute
 
 __all__ = ["ReadTerm", "ReadKernel", "read_through"]
-
-LABELS = "ab"
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +117,7 @@ class ReadKernel(Kernel):
     copy_aware = True
 
     def __init__(self, base: Kernel, sides: list[Side], arrays, readers, kept, dry: bool, stats: dict | None):
-        for name in ("scheme", "partial", "max_block", "decoupled", "const_blocks", "real_mean_zero", "like"):
+        for name in KERNEL_FLAGS:
             setattr(self, name, getattr(base, name, None))
         self.base, self.sides, self.arrays = base, sides, arrays
         self.readers, self.kept, self.dry, self.stats = readers, kept, dry, stats
