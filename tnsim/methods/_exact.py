@@ -153,17 +153,22 @@ def estimate(terms_a, terms_b, kernel, virtual, out_maps, open_outputs=False, mo
 _CHOICES = _caches.memo("variant choices")
 
 
-def choose_variants(net_a: Network, net_b: Network, kernel, virtual, out_maps, open_outputs=False, mode=Mode()):
+def choose_variants(net_a: Network, net_b: Network, kernel, virtual, out_maps, open_outputs=False, mode=Mode(),
+                    price: bool = True):
     """Pick (symmetrised, symmetrised) or one raw side, whichever is estimated cheaper.
 
     The choice depends on structure only and is remembered per structure (the blocks of a
-    matrix and repeated comparisons of checkpoints skip the estimate).
+    matrix and repeated comparisons of checkpoints skip the estimate). With ``price=False``
+    and nothing to choose between (no raw variant), nothing is estimated (path searches cost
+    more than some contractions) and the counts returned are ``None``.
     """
     options = [(net_a.terms, net_b.terms)]
     if net_b.raw is not None:
         options.append((net_a.terms, net_b.raw))
     if net_a.raw is not None:
         options.append((net_a.raw, net_b.terms))
+    if len(options) == 1 and not price:
+        return net_a.terms, net_b.terms, None, None
     key = (
         net_a.structure, net_b.structure, net_a.batch, net_b.batch, kernel.structure,
         open_outputs, mode,
@@ -211,7 +216,7 @@ def exact(
     maps = prepared.maps(outputs)
     maps = (maps[0] if which[0] == "a" else maps[1], maps[0] if which[1] == "a" else maps[1])
     virtual = virtual_copies(prepared, which)
-    terms_a, terms_b, n, flops = choose_variants(net_a, net_b, kernel, virtual, maps, mode=mode)
+    terms_a, terms_b, _, _ = choose_variants(net_a, net_b, kernel, virtual, maps, mode=mode, price=False)
     if stats is not None:
         stats["variant"] = (
             "sym" if terms_a is net_a.terms else "raw",

@@ -196,7 +196,7 @@ def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out
     ``out_maps``) compared through the output maps."""
     open_outputs = out_maps is None
     maps = (None, None) if open_outputs else out_maps
-    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, maps, open_outputs=open_outputs, mode=mode)
+    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, maps, open_outputs=open_outputs, mode=mode, price=False)
     return sum_term_pairs(
         tx, ty, kernel, open_outputs=open_outputs, mode=mode, virtual_a=virtual, virtual_b=virtual,
         out_maps=maps, dtype=dtype, stats=stats,
