@@ -13,6 +13,7 @@ process (peak resident memory next to it), torch threads as given (default 2 = t
 * the exact method's cost for one pair (estimated, not run).
 
     python benchmarks/bench_lm.py [--quick] [--measures tensor gaussian] [--sub 8]
+    python benchmarks/bench_lm.py --block-sizes 1 2 4 [--sub 4]   # only the sub-matrix, per block size
 """
 
 from __future__ import annotations
@@ -77,9 +78,15 @@ def pair_figure(measure: str, threads: int) -> dict:
         t = time.perf_counter()
         tnsim.similarity(c, d, measure=measure, method="recursive")
         warm.append(time.perf_counter() - t)
-    exact = tnsim.cost(a, b, measure=measure, method="exact")
-    return dict(value=value, cold_s=cold, warm_s=min(warm), exact_flops=exact.flops,
-                exact_contractions=exact.contractions, exact_seconds=exact.seconds)
+    t = time.perf_counter()
+    try:
+        exact = tnsim.cost(a, b, measure=measure, method="exact")
+        priced = dict(exact_flops=exact.flops, exact_contractions=exact.contractions,
+                      exact_seconds=exact.seconds)
+    except tnsim.UnaffordableError as e:  # refused before anything runs: report why
+        priced = dict(exact_refused=str(e))
+    priced["exact_cost_s"] = time.perf_counter() - t
+    return dict(value=value, cold_s=cold, warm_s=min(warm)) | priced
 
 
 def matrix_figure(measure: str, threads: int, n: int) -> dict:
@@ -95,15 +102,41 @@ def matrix_figure(measure: str, threads: int, n: int) -> dict:
                 block_size=c.block_size, off_diagonal_mean=float(m[~torch.eye(n, dtype=torch.bool)].mean()))
 
 
+def block_size_figure(measure: str, threads: int, n: int, sizes: list[int]) -> list[dict]:
+    """The sub-matrix timed at each block size (plans warm), with what ``cost`` predicts."""
+    torch.set_num_threads(threads)
+    isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
+    nets = compiled(n)
+    tnsim.similarity(nets[0], nets[1], measure=measure, method="recursive")  # plans
+    rows = []
+    for size in sizes:
+        c = tnsim.cost(nets, measure=measure, method="recursive", block_size=size)
+        t = time.perf_counter()
+        tnsim.similarity_matrix(nets, measure=measure, method="recursive", block_size=size, progress=False)
+        rows.append(dict(block_size=size, blocks=c.blocks, run_s=time.perf_counter() - t, flops=c.flops,
+                         cost_seconds=c.seconds))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a sub-matrix of 4 checkpoints")
     ap.add_argument("--measures", nargs="+", default=["tensor", "gaussian"], choices=["tensor", "gaussian"])
     ap.add_argument("--sub", type=int, default=None, help="checkpoints in the measured sub-matrix (default 8)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-sizes", type=int, nargs="+", default=None, metavar="B")
     args = ap.parse_args()
-    sub = args.sub or (4 if args.quick else 8)
+    sub = args.sub or (4 if args.quick or args.block_sizes else 8)
     out = dict(device=device_name(torch.device("cpu")), threads=args.threads, sub=sub)
+    if args.block_sizes:
+        for measure in args.measures:
+            rows, rss = in_child(block_size_figure, measure, args.threads, sub, args.block_sizes)
+            out[measure] = dict(block_sizes=rows, peak_mib=rss)
+            for r in rows:
+                print(f"{measure}, {sub} checkpoints, block size {r['block_size']} ({r['blocks']} blocks): "
+                      f"{r['run_s']:.1f} s run, cost() predicted {r['cost_seconds']:.1f} s")
+        save("lm_blocks_" + "_".join(args.measures), out)
+        return
     for measure in args.measures:
         full, rss_cost = in_child(cost_figure, measure, args.threads, CHECKPOINTS)
         pair, rss_pair = in_child(pair_figure, measure, args.threads)
@@ -111,12 +144,13 @@ def main() -> None:
         extrapolated = part["run_s"] * full["flops"] / part["flops"]
         out[measure] = dict(cost=full | dict(peak_mib=rss_cost), pair=pair | dict(peak_mib=rss_pair),
                             sub_matrix=part | dict(peak_mib=rss_part), extrapolated_full_s=extrapolated)
+        exact = (f"refused in {pair['exact_cost_s']:.0f} s: {pair['exact_refused']}" if "exact_refused" in pair
+                 else f"{pair['exact_contractions']} contractions, {pair['exact_flops']:.3g} flops "
+                      f"(~{pair['exact_seconds'] / 60:.1f} min estimated)")
         print(f"{measure}: cost() of the {CHECKPOINTS}-checkpoint matrix {full['cost_s']:.2f} s "
               f"(it estimates {full['seconds'] / 60:.1f} min); pair cold {pair['cold_s']:.2f} s, "
               f"warm {pair['warm_s']:.2f} s; {sub}-checkpoint matrix {part['run_s']:.1f} s -> "
-              f"{CHECKPOINTS}-checkpoint matrix ~{extrapolated / 60:.1f} min (by flops); exact pair: "
-              f"{pair['exact_contractions']} contractions, {pair['exact_flops']:.3g} flops "
-              f"(~{pair['exact_seconds'] / 60:.1f} min estimated)")
+              f"{CHECKPOINTS}-checkpoint matrix ~{extrapolated / 60:.1f} min (by flops); exact pair: {exact}")
     save("lm_" + "_".join(args.measures) + ("_quick" if args.quick else ""), out)
 
 
