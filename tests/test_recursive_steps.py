@@ -53,14 +53,14 @@ def test_embedding_step_equals_the_fused_layer(measure, monkeypatch):
     a, b = lm(1), lm(2)
     split = values(a, b, measure)
     calls = []
-    real_steps = recursive_module._steps
+    real_side = recursive_module._side
 
-    def spy(x, y):
-        steps, close = real_steps(x, y)
-        calls.append((len(steps), close is not None))
-        return steps, close
+    def spy(net, split):
+        layers, close = real_side(net, split)
+        calls.append((len(layers), close is not None))
+        return layers, close
 
-    monkeypatch.setattr(recursive_module, "_steps", spy)
+    monkeypatch.setattr(recursive_module, "_side", spy)
     values(a, b, measure)
     assert calls[0] == (3, True)  # embedding, two attention layers; the unembedding closes
     monkeypatch.setattr(recursive_module, "_shrinks", lambda net: False)  # fuse the embedding
@@ -108,3 +108,50 @@ def test_lm_cost_reports_an_estimated_time():
     models = [lm(s) for s in range(4)]
     c = tnsim.cost(models, measure="tensor", method="recursive", block_size=2)
     assert c.seconds > 0 and c.blocks == 3 and c.contractions > 0
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_matrix_propagates_each_model_against_itself_once(measure, monkeypatch):
+    """A recursive matrix computes every model's chain (its states against itself) once per
+    chunk and reuses it in every block: the values are the pairwise ones, and the number of
+    chains computed is the number of chunks, not two per block."""
+    models = [lm(s) for s in range(4)]
+    built = []
+    real = recursive_module._chain
+
+    def spy(prepared, net, *args):
+        if not contract.is_dry():  # block sizing prices one block first, contracting nothing
+            built.append(net.batch)
+        return real(prepared, net, *args)
+
+    monkeypatch.setattr(recursive_module, "_chain", spy)
+    m = tnsim.similarity_matrix(models, measure=measure, method="recursive", block_size=1, progress=False)
+    assert len(built) == 4  # 4 chunks of one model; 10 blocks would have built 20 chains
+    for i in range(4):
+        for j in range(4):
+            want = tnsim.similarity(models[i], models[j], measure=measure, method="recursive")
+            assert float(m[i, j]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_chains_over_the_memory_budget_are_recomputed_per_block(monkeypatch):
+    """Chains that do not fit the memory budget are not kept; blocks recompute them and the
+    matrix is unchanged."""
+    import tnsim.methods._matrix as matrix_module
+
+    models = [lm(s) for s in range(3)]
+    kept = tnsim.similarity_matrix(models, measure="gaussian", method="recursive", block_size=1, progress=False)
+    monkeypatch.setattr(matrix_module, "chain_budget", lambda: 1.0)
+    built = []
+    real = recursive_module._chain
+
+    def spy(*args):
+        if not contract.is_dry():
+            built.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(recursive_module, "_chain", spy)
+    dropped = tnsim.similarity_matrix(models, measure="gaussian", method="recursive", block_size=1, progress=False)
+    # 3 chunks computed and dropped, then 3 diagonal blocks (one chain each: a model with
+    # itself) and 3 off-diagonal blocks (two each)
+    assert len(built) == 3 + 3 + 6
+    assert torch.allclose(kept, dropped, rtol=1e-12, atol=0)

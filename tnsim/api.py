@@ -17,7 +17,7 @@ Every function accepts ``torch.nn.Module`` objects (compiled on the fly) or comp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,7 +36,7 @@ from .methods._choose import (
 from .methods._exact import exact
 from .methods._matrix import matrix_cost
 from .methods._prepare import Mode, Prepared, prepare
-from .methods._recursive import recursive
+from .methods._recursive import recursive, self_chain
 from .plan._contract import DRY_SAMPLES, Scaled, dry_run
 
 __all__ = [
@@ -131,6 +131,9 @@ def _self_inner(p: Prepared, which: str, method, outputs, stats=None) -> Scaled:
     net = p.a if which == "aa" else p.b
     if method == "exact":
         return exact(p, outputs, which=which, mode=Mode("diag") if net.batch else Mode(), stats=stats)
+    chain = self_chain(p if which == "aa" else replace(p, a=p.b, _kernels={}), outputs, stats=stats)
+    if chain is not None:  # the model against itself only
+        return chain.norm
     return recursive(p, outputs, stats=stats)[1 if which == "aa" else 2]
 
 

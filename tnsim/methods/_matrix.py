@@ -57,7 +57,7 @@ from ..results import ResultsFile, fingerprint, tensor_digest
 from ._choose import cosine, cost_from_stats, resolve_method
 from ._exact import exact
 from ._prepare import Mode, prepare
-from ._recursive import recursive
+from ._recursive import Chain, recursive, self_chain
 
 __all__ = ["similarity_matrix", "matrix_cost", "MatrixPlan", "plan_matrix", "default_block_size"]
 
@@ -319,18 +319,18 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
     # a block's cost depends on structure only: price one block per class (architectures,
     # chunk sizes, diagonal or not) and count it as many times as the class occurs
     priced: dict = {}
+    side_b = "a" if plan.symmetric else "b"
     with dry_run(samples):  # the same calls as run_plan, planned and costed, contracting nothing
-        norms: dict = {}
+        per_model: dict = {}  # norms (exact) or chains (recursive), once per chunk
         for i, j in plan.blocks:
-            if plan.spec(i, j).method != "exact":
-                continue
-            for side, k in (("a", i), ("b", j)):
-                side = "a" if plan.symmetric else side
-                if (side, k) not in norms:
+            method = plan.spec(i, j).method
+            for side, k in (("a", i), (side_b, j)):
+                if (side, k, method) not in per_model:
                     chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
-                    key = ("norm", side, chunk.group, len(chunk.rows))
+                    key = ("norm", side, chunk.group, len(chunk.rows), method)
                     sub = None if key in priced else _new_class(priced, key)
-                    norms[side, k] = _norm_scaled(chunk.stack, _norm_spec(plan, chunk), stats=sub)
+                    spec = Spec(plan.measure, method, plan.outputs)
+                    per_model[side, k, method] = _norm_scaled(chunk.stack, spec, stats=sub)
                     priced[key]["count"] += 1
         for i, j in plan.blocks:
             ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)
@@ -339,9 +339,7 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
             if key in priced:
                 priced[key]["count"] += 1
                 continue
-            exact_ = spec.method == "exact"
-            na = norms["a", i] if exact_ else None
-            nb = norms["a" if plan.symmetric else "b", j] if exact_ else None
+            na, nb = per_model["a", i, spec.method], per_model[side_b, j, spec.method]
             block_task(ca.stack, cb.stack, spec, na, nb, diag, stats=_new_class(priced, key))
             priced[key]["count"] += 1
     for sub in priced.values():
@@ -369,23 +367,34 @@ def _merge(stats: dict, sub: dict, count: int) -> None:
     stats["paths"] += sub.get("paths", [])
 
 
+def chain_budget() -> float:
+    """Bytes of recursive chains a matrix keeps (the memory limit); chunks beyond it have
+    their chains recomputed by each block instead."""
+    return memory_limit()
+
+
 # --- the work of one block (module level: tasks pickle it by reference) --------------------
 
 
-def _block_inner(stack_a: Network, stack_b: Network, spec: Spec, stats=None):
+def _block_inner(stack_a: Network, stack_b: Network, spec: Spec, stats=None, chains=(None, None)):
     p = prepare(stack_a, stack_b, spec.measure)
     if spec.method == "exact":
         return exact(p, spec.outputs, stats=stats)
-    return recursive(p, spec.outputs, stats=stats)
+    return recursive(p, spec.outputs, stats=stats, chains=chains)
 
 
-def _norm_scaled(stack_: Network, spec: Spec, stats=None) -> Scaled:
-    """Squared norms of a chunk's models (a batched ``diag`` contraction)."""
-    return exact(prepare(stack_, stack_, spec.measure), spec.outputs, mode=Mode("diag"), stats=stats)
+def _norm_scaled(stack_: Network, spec: Spec, stats=None):
+    """Per-model work of a chunk: the squared norms (exact: a batched ``diag`` contraction),
+    or the :class:`~tnsim.methods._recursive.Chain` (recursive: the models propagated against
+    themselves, norms included)."""
+    p = prepare(stack_, stack_, spec.measure)
+    if spec.method == "exact":
+        return exact(p, spec.outputs, mode=Mode("diag"), stats=stats)
+    return self_chain(p, spec.outputs, stats=stats)
 
 
-def norm_task(stack_: Network, spec: Spec) -> Scaled:
-    """Task: the squared norms of one chunk (exact method)."""
+def norm_task(stack_: Network, spec: Spec):
+    """Task: the per-model work of one chunk (see :func:`_norm_scaled`)."""
     with torch.no_grad(), shared_intermediates(), quiet():
         return _norm_scaled(stack_, spec)
 
@@ -449,8 +458,9 @@ def block_task(
 
     Exact: ``norms_a`` / ``norms_b`` are the chunks' squared norms (computed once per model);
     a ``diagonal`` block (a chunk against itself) computes each unordered pair once.
-    Recursive: norms come out of the same propagation; a diagonal block is computed whole and
-    symmetrised from its upper triangle.
+    Recursive: they are the chunks' chains (each model against itself, computed once per
+    model; ``None``: computed here), so a block propagates only the cross states; a diagonal
+    block is computed whole and symmetrised from its upper triangle.
     """
     with torch.no_grad(), shared_intermediates(), quiet():
         if spec.method == "exact" and diagonal:
@@ -459,7 +469,7 @@ def block_task(
             ab = _block_inner(stack_a, stack_b, spec, stats)
             value = cosine(ab, norms_a, norms_b)
         else:
-            value = cosine(*_block_inner(stack_a, stack_b, spec, stats))
+            value = cosine(*_block_inner(stack_a, stack_b, spec, stats, (norms_a, norms_b)))
     if diagonal:
         upper = torch.triu(value)
         value = upper + torch.triu(value, 1).T
@@ -470,6 +480,10 @@ def _local(x, device):
     """Bring a task's result to the matrix's device (remote workers return host tensors)."""
     if isinstance(x, Scaled):
         return Scaled(_local(x.mantissa, device), _local(x.log_a, device), _local(x.log_b, device))
+    if isinstance(x, Chain):
+        return replace(x, scales=_local(x.scales, device), states=_local(x.states, device), norm=_local(x.norm, device))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_local(v, device) for v in x)
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
@@ -585,34 +599,38 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     rows_a = {c.index: torch.tensor(c.rows, device=device) for c in plan.chunks_a}
     rows_b = rows_a if plan.symmetric else {c.index: torch.tensor(c.rows, device=device) for c in plan.chunks_b}
 
-    # per-model work once: squared norms of every chunk an unfinished exact block needs
-    norms_a: dict = {}
-    norms_b: dict = {}
-    need_a = sorted({i for i, j in todo if plan.spec(i, j).method == "exact"})
-    need_b = sorted({j for i, j in todo if plan.spec(i, j).method == "exact"})
-    tasks = [(("a", i), (plan.chunks_a[i].stack, _norm_spec(plan, plan.chunks_a[i]))) for i in need_a]
-    if not plan.symmetric:
-        tasks += [(("b", j), (plan.chunks_b[j].stack, _norm_spec(plan, plan.chunks_b[j]))) for j in need_b]
-
+    # per-model work once, for every chunk an unfinished block needs: the squared norms
+    # (exact), or each model's chain against itself (recursive: norms and running scales)
     def chunk_of(key) -> Chunk:
         return (plan.chunks_a if key[0] == "a" else plan.chunks_b)[key[1]]
 
+    side_b = "a" if plan.symmetric else "b"
+    wanted = []
+    for i, j in todo:
+        method = plan.spec(i, j).method
+        wanted += [("a", i, method), (side_b, j, method)]
+    tasks = [(key, (chunk_of(key).stack, Spec(plan.measure, key[2], plan.outputs))) for key in dict.fromkeys(wanted)]
+    per_model: dict = {}
+    budget, held = chain_budget(), [0]
+
     def got_norm(key, value):
-        value = _local(value, device)
-        (norms_a if key[0] == "a" else norms_b)[key[1]] = value
+        if isinstance(value, Chain):  # kept while they fit the budget; blocks recompute the rest
+            if held[0] + value.nbytes <= budget:
+                held[0] += value.nbytes
+                per_model[key] = _local(value, device)
+            return
+        per_model[key] = value = _local(value, device)
         if store is not None and value.mantissa.dim() == 1:
             store.store_norms(key[0], chunk_of(key).rows, _norm_rows(value))
 
     if store is not None:  # norms saved by an earlier run are read back, not recomputed
-        for key, _ in list(tasks):
-            rows = store.stored_norms(key[0], chunk_of(key).rows)
+        for key, _ in tasks:
+            rows = store.stored_norms(key[0], chunk_of(key).rows) if key[2] == "exact" else None
             if rows is not None:
-                (norms_a if key[0] == "a" else norms_b)[key[1]] = _norm_from_rows(rows, device)
-        tasks = [t for t in tasks if t[0][1] not in (norms_a if t[0][0] == "a" else norms_b)]
+                per_model[key] = _norm_from_rows(rows, device)
+        tasks = [t for t in tasks if t[0] not in per_model]
 
     run_tasks(norm_task, tasks, got_norm, executor, shared=1)
-    if plan.symmetric:
-        norms_b = norms_a
 
     bar = progress_bar(
         total=len(plan.blocks), initial=len(plan.blocks) - len(todo), disable=not progress,
@@ -622,8 +640,7 @@ def run_plan(plan: MatrixPlan, *, executor=None, progress: bool = True, results=
     def block_args(i, j):
         ca, cb = plan.chunks_a[i], plan.chunks_b[j]
         spec = plan.spec(i, j)
-        na = norms_a.get(i) if spec.method == "exact" else None
-        nb = norms_b.get(j) if spec.method == "exact" else None
+        na, nb = per_model.get(("a", i, spec.method)), per_model.get((side_b, j, spec.method))
         return (ca.stack, cb.stack, spec, na, nb, plan.symmetric and i == j)
 
     def got_block(key, value):
@@ -666,8 +683,3 @@ def _norm_rows(s: Scaled):
 def _norm_from_rows(rows, device) -> Scaled:
     t = torch.from_numpy(rows).to(device)
     return Scaled(t[0], t[1], t[2])
-
-
-def _norm_spec(plan: MatrixPlan, chunk: Chunk) -> Spec:
-    return Spec(plan.measure, "exact", plan.outputs)
-

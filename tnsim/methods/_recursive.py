@@ -25,6 +25,7 @@ the scales.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +36,7 @@ from ..plan._contract import Scaled
 from ._exact import choose_variants, exact, sum_term_pairs
 from ._prepare import Mode, Prepared, as_matrix, make_kernel, output_maps
 
-__all__ = ["recursive", "canonical_chain"]
+__all__ = ["recursive", "self_chain", "Chain", "canonical_chain"]
 
 
 def canonical_chain(net: Network) -> list[Network]:
@@ -66,15 +67,9 @@ def _shrinks(net: Network) -> bool:
     return math.prod(net.out_shape) < math.prod(net.in_shape)
 
 
-def _steps(net_a: Network, net_b: Network):
-    """Aligned steps ``[(layer_a, layer_b), ...]`` and the closing linear pair (or ``None``).
-
-    A linear map is its own exact step (:math:`G' = W_a G W_b^\top`, or the moments' images)
-    when both sides have one and it narrows the state (an embedding: the state is then
-    ``d_model``-wide, not ``vocab``-wide); otherwise it is fused into its neighbour. Trailing
-    linear maps on both sides (an unembedding, a readout) close the last state with the output
-    maps directly, so the ``vocab x vocab`` output state is never formed.
-    """
+def _split(net_a: Network, net_b: Network) -> tuple:
+    """How both sides are cut into steps: per non-linear layer whether its linear prefix is a
+    step of its own, and whether trailing linear maps close the last state (see :func:`_steps`)."""
     sa, suf_a = _segments(net_a)
     sb, suf_b = _segments(net_b)
     if len(sa) != len(sb):
@@ -82,21 +77,45 @@ def _steps(net_a: Network, net_b: Network):
             f"the recursive method aligns layers, but {net_a.name} has {len(sa)} non-linear "
             f"layers and {net_b.name} has {len(sb)}; use method='exact'"
         )
-    if not sa:
-        return [(canonical_chain(net_a)[0], canonical_chain(net_b)[0])], None
-    steps: list[tuple[Network, Network]] = []
-    for (pa, la), (pb, lb) in zip(sa, sb):
-        if pa is not None and pb is not None and _shrinks(pa) and _shrinks(pb):
-            steps.append((pa, pb))
+    own = tuple(
+        pa is not None and pb is not None and _shrinks(pa) and _shrinks(pb)
+        for (pa, _), (pb, _) in zip(sa, sb)
+    )
+    return own, bool(sa) and suf_a is not None and suf_b is not None
+
+
+def _side(net: Network, split: tuple) -> tuple[list[Network], Network | None]:
+    """One side's steps under ``split``, and its closing linear map (or ``None``)."""
+    own, close = split
+    segments, suffix = _segments(net)
+    if not segments:
+        return [canonical_chain(net)[0]], None
+    layers: list[Network] = []
+    for own_step, (prefix, layer) in zip(own, segments):
+        if own_step:
+            layers += [prefix, layer]
         else:
-            la = la if pa is None else compose(la, pa)
-            lb = lb if pb is None else compose(lb, pb)
-        steps.append((la, lb))
-    if suf_a is not None and suf_b is not None:
-        return steps, (suf_a, suf_b)
-    la, lb = steps[-1]
-    steps[-1] = (la if suf_a is None else compose(suf_a, la), lb if suf_b is None else compose(suf_b, lb))
-    return steps, None
+            layers.append(layer if prefix is None else compose(layer, prefix))
+    if close:
+        return layers, suffix
+    if suffix is not None:
+        layers[-1] = compose(suffix, layers[-1])
+    return layers, None
+
+
+def _steps(net_a: Network, net_b: Network):
+    r"""Aligned steps ``[(layer_a, layer_b), ...]`` and the closing linear pair (or ``None``).
+
+    A linear map is its own exact step (:math:`G' = W_a G W_b^\top`, or the moments' images)
+    when both sides have one and it narrows the state (an embedding: the state is then
+    ``d_model``-wide, not ``vocab``-wide); otherwise it is fused into its neighbour. Trailing
+    linear maps on both sides (an unembedding, a readout) close the last state with the output
+    maps directly, so the ``vocab x vocab`` output state is never formed.
+    """
+    split = _split(net_a, net_b)
+    layers_a, close_a = _side(net_a, split)
+    layers_b, close_b = _side(net_b, split)
+    return list(zip(layers_a, layers_b)), (None if close_a is None else (close_a, close_b))
 
 
 def _space(net: Network) -> Space:
@@ -203,19 +222,77 @@ def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out
     )
 
 
-def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
+@dataclass(eq=False)
+class Chain:
+    r"""One model (or stack) propagated against itself: what every pair it is in reuses.
+
+    A pair's recursion needs, besides its own cross state, each side's running scale
+    :math:`\ell` and (Gaussian closure) each side's means and covariances entering every step;
+    all of them depend on one model only. A similarity matrix computes them once per chunk of
+    models instead of once per block (:func:`self_chain`), which leaves a third of the work per
+    pair (a fifth for the Gaussian closure: means and two diagonal second moments).
+
+    Attributes
+    ----------
+    key
+        The cut into steps and the degrees it was computed for; a pair cut differently
+        (a partner with another layout) recomputes the chain.
+    scales
+        :math:`\ell` before each step, and after the last (per model for a stack).
+    states
+        Gaussian closure, per step: ``(mean, covariance)`` entering it (``None`` for the
+        first), the output mean's mantissa, :math:`\sqrt{c}` (the renormalisation) and whether
+        the input is known to have zero mean. Empty for the tensor closure.
+    norm
+        :math:`\langle f, f\rangle` (per model for a stack), as :class:`Scaled`.
+    """
+
+    key: tuple
+    scales: list
+    states: list
+    norm: Scaled
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for s in self.states for x in s[:2] if isinstance(x, torch.Tensor))
+
+
+def _chain_key(split, layers, close, partner_layers=None, partner_close=None, closure="", dtype=None) -> tuple:
+    """Degrees a chain is homogenised to: the larger of the two sides' at every step."""
+    other = partner_layers or layers
+    ks = tuple(max(x.degree, y.degree) for x, y in zip(layers, other))
+    kc = None if close is None else max(close.degree, (partner_close or close).degree)
+    return (closure, split, ks, kc, dtype)
+
+
+def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None, chains=(None, None)):
     """Recursive inner products: returns ``(ab, aa, bb)`` as :class:`Scaled` values.
 
     ``ab`` has batch axes (a, b) where the networks are stacks; ``aa`` and ``bb`` are the
     per-model squared norms (diagonal). The state propagated is the measure's
     :attr:`~tnsim.measures.Measure.closure`; a measure without one is computed exactly when
-    both models are one layer deep, and refused otherwise.
+    both models are one layer deep, and refused otherwise. ``chains`` are the sides'
+    :class:`Chain` (from :func:`self_chain` with the same measure and outputs), reused where
+    they fit and computed otherwise.
     """
     net_a, net_b, measure = prepared.a, prepared.b, prepared.measure
-    if measure.closure == "hierarchical":
-        return _recursive_tensor(prepared, outputs, stats)
-    if measure.closure == "gaussian":
-        return _recursive_gaussian(prepared, outputs, stats)
+    if measure.closure in ("hierarchical", "gaussian"):
+        split = _split(net_a, net_b)
+        la, ca = _side(net_a, split)
+        lb, cb = _side(net_b, split)
+        closure, dtype = measure.closure, prepared.dtype
+        key_a = _chain_key(split, la, ca, lb, cb, closure, dtype)
+        key_b = _chain_key(split, lb, cb, la, ca, closure, dtype)
+        chain_a, chain_b = chains
+        if chain_a is None or chain_a.key != key_a:
+            chain_a = _chain(prepared, net_a, split, key_a, outputs, stats)
+        if net_b is net_a and key_b == key_a:
+            chain_b = chain_a
+        elif chain_b is None or chain_b.key != key_b:
+            chain_b = _chain(prepared, net_b, split, key_b, outputs, stats)
+        pair = _pair_tensor if closure == "hierarchical" else _pair_gaussian
+        ab = pair(prepared, (la, ca), (lb, cb), chain_a, chain_b, outputs, stats)
+        return ab, chain_a.norm, chain_b.norm
     _steps(net_a, net_b)  # same number of layers, or a clear error
     if len(canonical_chain(net_a)) == 1:
         diag_a = Mode("diag") if net_a.batch else Mode()
@@ -233,98 +310,108 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None):
     )
 
 
+def self_chain(prepared: Prepared, outputs=None, *, stats: dict | None = None) -> Chain | None:
+    """The :class:`Chain` of ``prepared.a`` cut as against itself (``None`` for a measure
+    without a closure): the per-model half of every recursive pair it is in."""
+    net, measure = prepared.a, prepared.measure
+    if measure.closure not in ("hierarchical", "gaussian"):
+        return None
+    split = _split(net, net)
+    layers, close = _side(net, split)
+    key = _chain_key(split, layers, close, closure=measure.closure, dtype=prepared.dtype)
+    return _chain(prepared, net, split, key, outputs, stats)
+
+
+def _chain(prepared: Prepared, net: Network, split, key, outputs, stats) -> Chain:
+    layers, close = _side(net, split)
+    build = _tensor_chain if prepared.measure.closure == "hierarchical" else _gaussian_chain
+    return build(prepared, net, layers, close, key, outputs, stats)
+
+
+def _batch(net: Network):
+    """(number of batch axes, batch roles of a diagonal state, mode of a diagonal step)."""
+    return (1, ("a",), Mode("diag")) if net.batch else (0, (), Mode())
+
+
+def _log(x, like) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64).to(like.device)
+
+
 def _roles(ba, bb):
-    """Batch roles of the (aa, bb, ab) states: a diagonal state follows one stack."""
-    return ("a",) if ba else (), ("a",) if bb else (), tuple(r for r, b in (("a", ba), ("b", bb)) if b)
+    """Batch roles of a cross (a with b) state."""
+    return tuple(r for r, b in (("a", ba), ("b", bb)) if b)
 
 
-def _recursive_tensor(prepared: Prepared, outputs, stats):
-    net_a, net_b, measure, dtype, like = prepared.a, prepared.b, prepared.measure, prepared.dtype, prepared.like
-    steps, close = _steps(net_a, net_b)
-    ba, bb = net_a.batch, net_b.batch
-    diag_a = Mode("diag") if ba else Mode()
-    diag_b = Mode("diag") if bb else Mode()
-    ls_a, ls_b = _zeros(ba, like), _zeros(bb, like)
-    roles_aa, roles_bb, roles_ab = _roles(ba, bb)
-    g_aa = g_bb = g_ab = None
-    for index, (la, lb) in enumerate(steps):
-        k = max(la.degree, lb.degree)
-        _check_mixed(la, k)
-        _check_mixed(lb, k)
-        sa, sb = _space(la), _space(lb)
-        virtual = lambda t, k=k: k - t.degree  # noqa: E731
-        if index == 0:  # the measure's own metric between input copies
-            kernels = [make_kernel(measure, x, y, like) for x, y in ((la, la), (lb, lb), (la, lb))]
-        else:
-            kernels = [
-                _StateTensorKernel(g_aa, roles_aa, sa, sa),
-                _StateTensorKernel(g_bb, roles_bb, sb, sb),
-                _StateTensorKernel(g_ab, roles_ab, sa, sb),
-            ]
-        raw_aa = _step(la, la, kernels[0], virtual, diag_a, dtype, stats)
-        raw_bb = _step(lb, lb, kernels[1], virtual, diag_b, dtype, stats)
-        raw_ab = _step(la, lb, kernels[2], virtual, Mode(), dtype, stats)
-        nb_aa = 1 if ba else 0
-        nb_bb = 1 if bb else 0
-        c_a = _max_abs(raw_aa.mantissa, nb_aa)
-        c_b = _max_abs(raw_bb.mantissa, nb_bb)
-        g_aa = raw_aa.mantissa / _expand(c_a, raw_aa.mantissa.dim() - nb_aa)
-        g_bb = raw_bb.mantissa / _expand(c_b, raw_bb.mantissa.dim() - nb_bb)
-        # units: raw_xx is in exp(k*ls_x*2 + log_a + log_b); renormalise per model
-        w_a = _total_log(raw_aa) / 2
-        w_b = _total_log(raw_bb) / 2
-        new_a = k * ls_a + w_a.to(ls_a) + 0.5 * _safe_log(c_a.to(torch.float64))
-        new_b = k * ls_b + w_b.to(ls_b) + 0.5 * _safe_log(c_b.to(torch.float64))
-        la_ab = torch.as_tensor(raw_ab.log_a, dtype=torch.float64).to(ls_a.device) + k * ls_a - new_a
-        lb_ab = torch.as_tensor(raw_ab.log_b, dtype=torch.float64).to(ls_b.device) + k * ls_b - new_b
-        factor = torch.exp(_outer_add(la_ab, lb_ab, ba, bb))
-        rest = raw_ab.mantissa.dim() - factor.dim()
-        g_ab = raw_ab.mantissa * _expand(factor, rest)
-        ls_a, ls_b = new_a, new_b
-        g_aa, g_bb, g_ab = g_aa.to(dtype), g_bb.to(dtype), g_ab.to(dtype)
+# --- tensor measure: hierarchical symmetrisation ----------------------------------------------
+
+
+def _tensor_chain(prepared: Prepared, net, layers, close, key, outputs, stats) -> Chain:
+    """``G_aa`` through every step, renormalised from its largest entry; scales kept."""
+    measure, dtype, like = prepared.measure, prepared.dtype, prepared.like
+    nb, roles, mode = _batch(net)
+    ls = _zeros(net.batch, like)
+    scales, g = [ls], None
+    for index, (layer, k) in enumerate(zip(layers, key[2])):
+        _check_mixed(layer, k)
+        space = _space(layer)
+        kernel = make_kernel(measure, layer, layer, like) if index == 0 else _StateTensorKernel(g, roles, space, space)
+        raw = _step(layer, layer, kernel, lambda t, k=k: k - t.degree, mode, dtype, stats)
+        c = _max_abs(raw.mantissa, nb)
+        g = (raw.mantissa / _expand(c, raw.mantissa.dim() - nb)).to(dtype)
+        # units: raw is in exp(2k*ls + log_a + log_b); renormalise per model
+        ls = k * ls + (_total_log(raw) / 2).to(ls) + 0.5 * _safe_log(c.to(torch.float64))
+        scales.append(ls)
     if close is not None:
-        return _closed(close, (g_aa, g_bb, g_ab), (ls_a, ls_b), prepared, outputs, stats)
-    last_a, last_b = steps[-1]
-    maps_a = output_maps(last_a, outputs, like)
-    maps_b = output_maps(last_b, outputs, like)
-    return (
-        Scaled(_close(g_ab, maps_a, maps_b, ba, bb), ls_a, ls_b),
-        Scaled(_close_diag(g_aa, maps_a, ba), 2 * ls_a, 0.0),
-        Scaled(_close_diag(g_bb, maps_b, bb), 2 * ls_b, 0.0),
-    )
+        norm = _closed_pair(close, close, key[3], g, roles, mode, (ls, ls), prepared, outputs, stats)
+        norm = Scaled(norm.mantissa, norm.log_a + norm.log_b, 0.0)
+    else:
+        maps = output_maps(layers[-1], outputs, like)
+        norm = Scaled(_close_diag(g, maps, net.batch), 2 * ls, 0.0)
+    return Chain(key, scales, [], norm)
 
 
-def _closed(close, states, scales, prepared: Prepared, outputs, stats):
-    r"""Inner products through the trailing linear maps :math:`U_a, U_b`, outputs closed.
+def _pair_tensor(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: Chain, outputs, stats) -> Scaled:
+    """``G_ab`` through every step, in the units of the two chains' scales."""
+    (layers_a, close_a), (layers_b, close_b) = side_a, side_b
+    measure, dtype, like = prepared.measure, prepared.dtype, prepared.like
+    ba, bb = prepared.a.batch, prepared.b.batch
+    roles = _roles(ba, bb)
+    g = None
+    for index, (la, lb) in enumerate(zip(layers_a, layers_b)):
+        k = chain_a.key[2][index]
+        if index == 0:
+            kernel = make_kernel(measure, la, lb, like)
+        else:
+            kernel = _StateTensorKernel(g, roles, _space(la), _space(lb))
+        raw = _step(la, lb, kernel, lambda t, k=k: k - t.degree, Mode(), dtype, stats)
+        before_a, before_b = chain_a.scales[index], chain_b.scales[index]
+        after_a, after_b = chain_a.scales[index + 1], chain_b.scales[index + 1]
+        log_a = _log(raw.log_a, like) + k * before_a - after_a
+        log_b = _log(raw.log_b, like) + k * before_b - after_b
+        factor = torch.exp(_outer_add(log_a, log_b, ba, bb))
+        g = (raw.mantissa * _expand(factor, raw.mantissa.dim() - factor.dim())).to(dtype)
+    ls_a, ls_b = chain_a.scales[-1], chain_b.scales[-1]
+    if close_a is not None:
+        return _closed_pair(close_a, close_b, chain_a.key[3], g, roles, Mode(), (ls_a, ls_b), prepared, outputs, stats)
+    maps_a = output_maps(layers_a[-1], outputs, like)
+    maps_b = output_maps(layers_b[-1], outputs, like)
+    return Scaled(_close(g, maps_a, maps_b, ba, bb), ls_a, ls_b)
+
+
+def _closed_pair(ua, ub, k, g, roles, mode, scales, prepared: Prepared, outputs, stats) -> Scaled:
+    r"""An inner product through the trailing linear maps :math:`U_a, U_b`, outputs closed.
 
     With the last state :math:`S` (a metric, a second moment or a covariance, in units of
     :math:`e^{\ell_a+\ell_b}`), :math:`\langle a, b\rangle = \mathrm{tr}(M_a U_a S U_b^\top
     M_b^\top)` for the output maps :math:`M`: exact for every closure, since the maps are linear.
     """
-    (ua, ub), (g_aa, g_bb, g_ab), (ls_a, ls_b) = close, states, scales
-    dtype, like = prepared.dtype, prepared.like
-    ba, bb = ua.batch, ub.batch
-    roles_aa, roles_bb, roles_ab = _roles(ba, bb)
-    sa, sb = _space(ua), _space(ub)
-    k = max(ua.degree, ub.degree)
-    virtual = lambda t: k - t.degree  # noqa: E731
-    maps_a, maps_b = output_maps(ua, outputs, like), output_maps(ub, outputs, like)
-
-    def one(x, y, g, roles, sx, sy, mx, my, mode):
-        return _step(x, y, _StateTensorKernel(g, roles, sx, sy), virtual, mode, dtype, stats, (mx, my))
-
-    ab = one(ua, ub, g_ab, roles_ab, sa, sb, maps_a, maps_b, Mode())
-    aa = one(ua, ua, g_aa, roles_aa, sa, sa, maps_a, maps_a, Mode("diag") if ba else Mode())
-    bb_ = one(ub, ub, g_bb, roles_bb, sb, sb, maps_b, maps_b, Mode("diag") if bb else Mode())
-
-    def log(x):
-        return torch.as_tensor(x, dtype=torch.float64).to(like.device)
-
-    return (
-        Scaled(ab.mantissa.to(torch.float64), log(ab.log_a) + k * ls_a, log(ab.log_b) + k * ls_b),
-        Scaled(aa.mantissa.to(torch.float64), log(aa.log_a) + log(aa.log_b) + 2 * k * ls_a, 0.0),
-        Scaled(bb_.mantissa.to(torch.float64), log(bb_.log_a) + log(bb_.log_b) + 2 * k * ls_b, 0.0),
-    )
+    like = prepared.like
+    maps = (output_maps(ua, outputs, like), output_maps(ub, outputs, like))
+    kernel = _StateTensorKernel(g, roles, _space(ua), _space(ub))
+    value = _step(ua, ub, kernel, lambda t: k - t.degree, mode, prepared.dtype, stats, maps)
+    ls_a, ls_b = scales
+    return Scaled(value.mantissa.to(torch.float64), _log(value.log_a, like) + k * ls_a,
+                  _log(value.log_b, like) + k * ls_b)
 
 
 def _total_log(x: Scaled) -> torch.Tensor:
@@ -359,14 +446,9 @@ def _close(g: torch.Tensor, maps_a, maps_b, ba, bb) -> torch.Tensor:
     r = len(maps_a)
     g = _apply_maps(g, maps_a, nb)
     g = _apply_maps(g, maps_b, nb + r)
-    dims_a = list(range(nb, nb + r))
-    dims_b = list(range(nb + r, nb + 2 * r))
-    # trace over matching output axes
     letters = "ijklmnop"
     batch = "xy"[:nb]
-    spec = batch + letters[:r] + letters[:r] + "->" + batch
-    assert len(dims_a) == len(dims_b)
-    return torch.einsum(spec, g.to(torch.float64))
+    return torch.einsum(batch + letters[:r] + letters[:r] + "->" + batch, g.to(torch.float64))
 
 
 def _close_diag(g: torch.Tensor, maps, batched) -> torch.Tensor:
@@ -379,105 +461,114 @@ def _close_diag(g: torch.Tensor, maps, batched) -> torch.Tensor:
     return torch.einsum(batch + letters[:r] + letters[:r] + "->" + batch, g.to(torch.float64))
 
 
-def _recursive_gaussian(prepared: Prepared, outputs, stats):
-    net_a, net_b, measure, dtype, like = prepared.a, prepared.b, prepared.measure, prepared.dtype, prepared.like
-    steps, close = _steps(net_a, net_b)
-    ba, bb = net_a.batch, net_b.batch
-    measure.check(_space(steps[0][0]))
-    ls_a, ls_b = _zeros(ba, like), _zeros(bb, like)
-    m_a = m_b = c_aa = c_bb = c_ab = None
-    odd_a = odd_b = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
-    for index, (la, lb) in enumerate(steps):
-        sa, sb = _space(la), _space(lb)
-        ka, kb = la.degree, lb.degree
-        first = index == 0
-        # after the first layer the state is rescaled, so every term must scale alike:
-        # lower-degree terms are homogenised with the constant coordinate
-        if not first:
-            _check_mixed(la, ka)
-            _check_mixed(lb, kb)
-        va = (lambda t: 0) if first else (lambda t, k=ka: k - t.degree)
-        vb = (lambda t: 0) if first else (lambda t, k=kb: k - t.degree)
-        # unpaired copies (means) can contribute unless both inputs are odd functions of a
-        # centred Gaussian (then their means vanish): decided from structure, so no host sync
-        zero_a, zero_b = odd_a and not sa.padded, odd_b and not sb.padded
-        partial = not (zero_a and zero_b)
-        odd_a = zero_a and not la.out_padded and all(t.degree % 2 for t in la.terms)
-        odd_b = zero_b and not lb.out_padded and all(t.degree % 2 for t in lb.terms)
-        if first:  # the measure's own kernels between the input copies
-            k_ma = k_aa = make_kernel(measure, la, la, like)
-            k_mb = k_bb = make_kernel(measure, lb, lb, like)
-            k_ab = make_kernel(measure, la, lb, like)
+# --- Gaussian closure ---------------------------------------------------------------------------
+
+
+def _virtual(first: bool, k: int):
+    """Homogenising copies: none on the raw input; after it every term scales like degree k."""
+    return (lambda t: 0) if first else (lambda t, k=k: k - t.degree)
+
+
+def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats) -> Chain:
+    r"""Means and covariances of one model's layer inputs through every step.
+
+    Per step the exact moments of the layer's outputs under a Gaussian with the propagated
+    mean :math:`m` and covariance :math:`C` (Wick's theorem), renormalised by
+    :math:`c = \max(\max|C|, \max|m|^2)`.
+    """
+    measure, dtype, like = prepared.measure, prepared.dtype, prepared.like
+    nb, roles, mode = _batch(net)
+    measure.check(_space(layers[0]))
+    ls = _zeros(net.batch, like)
+    scales, states = [ls], []
+    m = c = None
+    odd = measure.zero_mean  # x itself is odd; its mean is zero iff the measure's is
+    for index, layer in enumerate(layers):
+        first, k, space = index == 0, layer.degree, _space(layer)
+        if not first:  # the state is rescaled: lower-degree terms homogenise with the constant
+            _check_mixed(layer, k)
+        virtual = _virtual(first, k)
+        # unpaired copies (means) can contribute unless the input is an odd function of a
+        # centred Gaussian (then its mean vanishes): decided from structure, no host sync
+        zero = odd and not space.padded
+        odd = zero and not layer.out_padded and all(t.degree % 2 for t in layer.terms)
+        if first:
+            k_mean = k_pair = make_kernel(measure, layer, layer, like)
         else:
-            ra = ("a",) if ba else ()
-            rb = ("a",) if bb else ()
-            rab = tuple(r for r, b in (("a", ba), ("b", bb)) if b)
-            rb_ = ("b",) if bb else ()
-            k_ma = _StateGaussianKernel({("a", "a"): (c_aa, ra)}, {"a": (m_a, ra)}, {"a": sa, "b": sa}, partial)
-            k_mb = _StateGaussianKernel({("a", "a"): (c_bb, rb)}, {"a": (m_b, rb)}, {"a": sb, "b": sb}, partial)
-            k_aa = _StateGaussianKernel(
-                {("a", "a"): (c_aa, ra), ("a", "b"): (c_aa, ra), ("b", "b"): (c_aa, ra)},
-                {"a": (m_a, ra), "b": (m_a, ra)}, {"a": sa, "b": sa}, partial,
+            spaces = {"a": space, "b": space}
+            k_mean = _StateGaussianKernel({("a", "a"): (c, roles)}, {"a": (m, roles)}, spaces, not zero)
+            k_pair = _StateGaussianKernel(
+                {("a", "a"): (c, roles), ("a", "b"): (c, roles), ("b", "b"): (c, roles)},
+                {"a": (m, roles), "b": (m, roles)}, spaces, not zero,
             )
-            k_bb = _StateGaussianKernel(
-                {("a", "a"): (c_bb, rb), ("a", "b"): (c_bb, rb), ("b", "b"): (c_bb, rb)},
-                {"a": (m_b, rb), "b": (m_b, rb)}, {"a": sb, "b": sb}, partial,
-            )
-            k_ab = _StateGaussianKernel(
-                {("a", "a"): (c_aa, ra), ("a", "b"): (c_ab, rab), ("b", "b"): (c_bb, rb_)},
-                {"a": (m_a, ra), "b": (m_b, rb_)}, {"a": sa, "b": sb}, partial,
-            )
-        # means, each in its own frame
-        mean_a = sum_term_pairs(la.terms, None, k_ma, open_outputs=True, mode=Mode("pair"),
-                                virtual_a=va, dtype=dtype, stats=stats)
-        mean_b = sum_term_pairs(lb.terms, None, k_mb, open_outputs=True, mode=Mode("pair"),
-                                virtual_a=vb, dtype=dtype, stats=stats)
-        # second moments: a with a (diagonal), b with b, a with b
-        diag_a = Mode("diag") if ba else Mode()
-        diag_b = Mode("diag") if bb else Mode()
-        s_aa = sum_term_pairs(la.terms, la.terms, k_aa, open_outputs=True, mode=diag_a,
-                              virtual_a=va, virtual_b=va, dtype=dtype, stats=stats)
-        s_bb = sum_term_pairs(lb.terms, lb.terms, k_bb, open_outputs=True, mode=diag_b,
-                              virtual_a=vb, virtual_b=vb, dtype=dtype, stats=stats)
-        s_ab = sum_term_pairs(la.terms, lb.terms, k_ab, open_outputs=True, mode=Mode(),
-                              virtual_a=va, virtual_b=vb, dtype=dtype, stats=stats)
-        # everything in units of exp(k*ls + w) per side
-        nba, nbb = (1 if ba else 0), (1 if bb else 0)
-        ma, mb = mean_a.mantissa, mean_b.mantissa
-        raa = s_aa.mantissa - _outer_moments(ma, ma, nba, diag=True)
-        rbb = s_bb.mantissa - _outer_moments(mb, mb, nbb, diag=True)
-        rab_ = s_ab.mantissa - _outer_moments(ma, mb, (nba, nbb), diag=False)
-        w_a = torch.as_tensor(mean_a.log_a, dtype=torch.float64)
-        w_b = torch.as_tensor(mean_b.log_a, dtype=torch.float64)
-        if index == len(steps) - 1:
-            s_final = (s_ab.mantissa, s_aa.mantissa, s_bb.mantissa) if not measure.centred else (rab_, raa, rbb)
-            ls_a = ka * ls_a + w_a.to(ls_a.device)
-            ls_b = kb * ls_b + w_b.to(ls_b.device)
+        mean = sum_term_pairs(layer.terms, None, k_mean, open_outputs=True, mode=Mode("pair"),
+                              virtual_a=virtual, dtype=dtype, stats=stats)
+        second = sum_term_pairs(layer.terms, layer.terms, k_pair, open_outputs=True, mode=mode,
+                                virtual_a=virtual, virtual_b=virtual, dtype=dtype, stats=stats)
+        mu = mean.mantissa
+        cov = second.mantissa - _outer_moments(mu, mu, nb, diag=True)
+        w = _log(mean.log_a, like)
+        if index == len(layers) - 1:
+            states.append((m, c, mu, None, zero))
+            final = cov if measure.centred else second.mantissa
+            ls = k * ls + w
+            scales.append(ls)
             break
-        c_a = torch.maximum(_max_abs(raa, nba), _max_abs(ma, nba) ** 2)
-        c_b = torch.maximum(_max_abs(rbb, nbb), _max_abs(mb, nbb) ** 2)
-        c_a = torch.where(c_a > 0, c_a, torch.ones_like(c_a)).to(torch.float64)
-        c_b = torch.where(c_b > 0, c_b, torch.ones_like(c_b)).to(torch.float64)
-        ls_a = ka * ls_a + w_a.to(ls_a.device) + 0.5 * torch.log(c_a)
-        ls_b = kb * ls_b + w_b.to(ls_b.device) + 0.5 * torch.log(c_b)
-        sqa, sqb = torch.sqrt(c_a), torch.sqrt(c_b)
-        m_a = (ma / _expand(sqa, ma.dim() - nba)).to(dtype)
-        m_b = (mb / _expand(sqb, mb.dim() - nbb)).to(dtype)
-        c_aa = (raa / _expand(c_a, raa.dim() - nba)).to(dtype)
-        c_bb = (rbb / _expand(c_b, rbb.dim() - nbb)).to(dtype)
-        scale = _outer(sqa, sqb, ba, bb)
-        c_ab = (rab_ / _expand(scale, rab_.dim() - scale.dim())).to(dtype)
-    ab, aa, bbv = s_final
+        scale = torch.maximum(_max_abs(cov, nb), _max_abs(mu, nb) ** 2)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float64)
+        sq = torch.sqrt(scale)
+        states.append((m, c, mu, sq, zero))
+        ls = k * ls + w + 0.5 * torch.log(scale)
+        scales.append(ls)
+        m = (mu / _expand(sq, mu.dim() - nb)).to(dtype)
+        c = (cov / _expand(scale, cov.dim() - nb)).to(dtype)
     if close is not None:  # second moments (or covariances) through the trailing maps
-        return _closed(close, (aa.to(dtype), bbv.to(dtype), ab.to(dtype)), (ls_a, ls_b), prepared, outputs, stats)
-    last_a, last_b = steps[-1]
-    maps_a = output_maps(last_a, outputs, like)
-    maps_b = output_maps(last_b, outputs, like)
-    return (
-        Scaled(_close(ab, maps_a, maps_b, ba, bb), ls_a, ls_b),
-        Scaled(_close_diag(aa, maps_a, ba), 2 * ls_a, 0.0),
-        Scaled(_close_diag(bbv, maps_b, bb), 2 * ls_b, 0.0),
-    )
+        norm = _closed_pair(close, close, 1 if key[3] is None else key[3], final.to(dtype), roles, mode,
+                            (ls, ls), prepared, outputs, stats)
+        norm = Scaled(norm.mantissa, norm.log_a + norm.log_b, 0.0)
+    else:
+        maps = output_maps(layers[-1], outputs, like)
+        norm = Scaled(_close_diag(final, maps, net.batch), 2 * ls, 0.0)
+    return Chain(key, scales, states, norm)
+
+
+def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: Chain, outputs, stats) -> Scaled:
+    """The cross second moment (or covariance) through every step, from both chains' moments."""
+    (layers_a, close_a), (layers_b, close_b) = side_a, side_b
+    measure, dtype, like = prepared.measure, prepared.dtype, prepared.like
+    ba, bb = prepared.a.batch, prepared.b.batch
+    nba, nbb = (1 if ba else 0), (1 if bb else 0)
+    ra, rb, rab = ("a",) if ba else (), ("b",) if bb else (), _roles(ba, bb)
+    c_ab = None
+    last = len(layers_a) - 1
+    for index, (la, lb) in enumerate(zip(layers_a, layers_b)):
+        first = index == 0
+        m_a, c_aa, mu_a, sq_a, zero_a = chain_a.states[index]
+        m_b, c_bb, mu_b, sq_b, zero_b = chain_b.states[index]
+        if first:
+            kernel = make_kernel(measure, la, lb, like)
+        else:
+            kernel = _StateGaussianKernel(
+                {("a", "a"): (c_aa, ra), ("a", "b"): (c_ab, rab), ("b", "b"): (c_bb, rb)},
+                {"a": (m_a, ra), "b": (m_b, rb)}, {"a": _space(la), "b": _space(lb)},
+                not (zero_a and zero_b),
+            )
+        s_ab = sum_term_pairs(la.terms, lb.terms, kernel, open_outputs=True, mode=Mode(),
+                              virtual_a=_virtual(first, la.degree), virtual_b=_virtual(first, lb.degree),
+                              dtype=dtype, stats=stats)
+        cov = s_ab.mantissa - _outer_moments(mu_a, mu_b, (nba, nbb), diag=False)
+        if index == last:
+            final = cov if measure.centred else s_ab.mantissa
+            break
+        scale = _outer(sq_a, sq_b, ba, bb)
+        c_ab = (cov / _expand(scale, cov.dim() - scale.dim())).to(dtype)
+    ls_a, ls_b = chain_a.scales[-1], chain_b.scales[-1]
+    if close_a is not None:
+        k = 1 if chain_a.key[3] is None else chain_a.key[3]
+        return _closed_pair(close_a, close_b, k, final.to(dtype), rab, Mode(), (ls_a, ls_b), prepared, outputs, stats)
+    maps_a = output_maps(layers_a[-1], outputs, like)
+    maps_b = output_maps(layers_b[-1], outputs, like)
+    return Scaled(_close(final, maps_a, maps_b, ba, bb), ls_a, ls_b)
 
 
 def _outer_moments(x: torch.Tensor, y: torch.Tensor, nb, diag: bool) -> torch.Tensor:
