@@ -155,3 +155,38 @@ def test_chains_over_the_memory_budget_are_recomputed_per_block(monkeypatch):
     # itself) and 3 off-diagonal blocks (two each)
     assert len(built) == 3 + 3 + 6
     assert torch.allclose(kept, dropped, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_peeling_changes_no_value(measure, monkeypatch):
+    """Tensors shared by every orbit of a term pair (W_O, output maps) applied once to the
+    orbit sum give the plain loop's values; at these tiny sizes peeling is forced on."""
+    import tnsim.plan._peel as peel_module
+
+    a, b = lm(5), lm(6)
+    monkeypatch.setattr(peel_module, "PEEL_MIN_SIZE", 1)
+    monkeypatch.setattr(contract, "PEEL_GAIN", -1e9)  # peel wherever the orbit sums allow it
+    tnsim.clear_cache(disk=False)
+    peeled = values(a, b, measure)
+    assert any(v is not None for v in contract._PEELS.values())
+    monkeypatch.setattr(contract, "peeling", lambda *args, **kw: None)
+    tnsim.clear_cache(disk=False)
+    plain = values(a, b, measure)
+    for p, q in zip(peeled, plain):
+        assert p == pytest.approx(q, rel=1e-10)
+
+
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_peeling_in_the_exact_method_changes_no_value(measure, monkeypatch):
+    """The same with the exact method (identity joins, closed outputs through output maps)."""
+    import tnsim.plan._peel as peel_module
+
+    a, b = lm(7, layers=1), lm(8, layers=1)
+    monkeypatch.setattr(peel_module, "PEEL_MIN_SIZE", 1)
+    monkeypatch.setattr(contract, "PEEL_GAIN", -1e9)
+    tnsim.clear_cache(disk=False)
+    peeled = tnsim.similarity(a, b, measure=measure, method="exact")
+    assert any(v is not None for v in contract._PEELS.values())
+    monkeypatch.setattr(contract, "peeling", lambda *args, **kw: None)
+    tnsim.clear_cache(disk=False)
+    assert peeled == pytest.approx(tnsim.similarity(a, b, measure=measure, method="exact"), rel=1e-10)

@@ -73,10 +73,10 @@ class Cost:
     blocks, block_size
         For a matrix (:func:`cost` of lists of models): blocks computed and models per chunk.
     seconds
-        Estimated run time on this machine: ``2 * flops`` at the matrix-multiply rate measured
-        once per process for the models' dtype and device (:func:`gemm_rate`), plus
-        :data:`CONTRACTION_OVERHEAD_S` per contraction. A guide, not a promise: small and
-        oddly shaped contractions run below the GEMM rate. Computed on first access, so a
+        Estimated run time on this machine: ``2 * flops`` at :data:`EINSUM_EFFICIENCY` times
+        the matrix-multiply rate measured once per process for the models' dtype and device
+        (:func:`gemm_rate`), plus :data:`CONTRACTION_OVERHEAD_S` per contraction. A guide, not
+        a promise: oddly shaped contractions can run slower still. Computed on first access, so a
         comparison that never asks runs no timing product.
     dtype, device
         The models' compute dtype and device, which ``seconds`` is priced for.
@@ -110,7 +110,8 @@ class Cost:
         """Estimated run time (see the class docstring); the GEMM rate is measured on first use."""
         if not self.flops:
             return 0.0
-        return 2 * self.flops / gemm_rate(self.dtype, self.device) + CONTRACTION_OVERHEAD_S * self.contractions
+        rate = EINSUM_EFFICIENCY * gemm_rate(self.dtype, self.device)
+        return 2 * self.flops / rate + CONTRACTION_OVERHEAD_S * self.contractions
 
     def __repr__(self) -> str:
         mib = self.largest_intermediate_bytes / 2**20
@@ -136,6 +137,11 @@ class Cost:
 
 #: Python and small-call overhead per orbit contraction (seconds; measured ~1 ms warm on CPU)
 CONTRACTION_OVERHEAD_S = 1e-3
+#: Fraction of the square-GEMM rate that doubled-network contractions reach: their pairwise
+#: steps are batched, permuted, many-index einsums (measured on the language-model workload,
+#: 2 CPU cores: 3.3e10 multiply-adds per second against a GEMM rate of 1.76e11 flops, 0.38;
+#: docs/performance.md)
+EINSUM_EFFICIENCY = 0.4
 
 _RATES = _caches.memo("GEMM rates")
 

@@ -468,6 +468,9 @@ def block_task(
         if spec.method == "exact":
             ab = _block_inner(stack_a, stack_b, spec, stats)
             value = cosine(ab, norms_a, norms_b)
+        elif diagonal and stack_a.batch == 1 and isinstance(norms_a, Chain):
+            # one model against itself: its chain's norm is the whole answer (1, or undefined)
+            return cosine(norms_a.norm, norms_a.norm, norms_a.norm).reshape(1, 1)
         else:
             value = cosine(*_block_inner(stack_a, stack_b, spec, stats, (norms_a, norms_b)))
     if diagonal:

@@ -20,10 +20,12 @@ from .. import _caches
 from ..progress import bar
 from .._memory import check_allocation, memory_limit, slice_overhead
 from ..doubled import Equation, Side, build_equation, gather, live_pairings
+from ..doubled._sides import LABELS
 from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
 from ._execute import execute
+from ._peel import candidates, split
 from ._readers import read_through
 
 __all__ = [
@@ -223,6 +225,70 @@ def planned(sides, kernel, open_outputs, rep, blocks, estimate: bool = False) ->
     )
 
 
+_PEELS = _caches.memo("peels")
+#: Peel only if the planned flops drop by at least this fraction.
+PEEL_GAIN = 0.05
+#: Most orbits of one term pair considered for peeling (each orbit's equation is built to
+#: check that they line up).
+PEEL_MAX_ORBITS = 2048
+#: Largest orbit sum kept open for peeling (bytes; it is held while the orbits run).
+PEEL_MAX_BYTES = 2**28
+
+
+@dataclass(eq=False)
+class Peeling:
+    """How one term pair's orbits run peeled (see :mod:`tnsim.plan._peel`): each orbit's rest,
+    planned per orbit; the shared tensors (``shared``: their equation entries) and the final
+    contraction of the orbit sum with them."""
+
+    key: tuple
+    rests: dict
+    shared: Equation
+    final: Contraction
+
+    def rest(self, rep, estimate: bool = False) -> Contraction:
+        return plan(("peeled", self.key, rep), lambda: self.rests[rep], estimate)
+
+
+def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> Peeling | None:
+    """The peeling of this term pair's orbits, or ``None`` where it does not pay (decided once
+    per structure from planned flops: ``n`` peeled orbits plus the final contraction against
+    ``n`` whole orbits, the first orbit standing for all)."""
+    if not 2 <= len(reps) <= PEEL_MAX_ORBITS:
+        return None
+    key = (structure_key(sides, kernel, open_outputs), tuple(rep for rep, _, _ in reps))
+    if key in _PEELS:
+        return _PEELS[key]
+    decision = None
+    eqs = [build_equation(sides, blocks, kernel, open_outputs) for _, _, blocks in reps]
+    outputs = set()  # output legs that are no copy's legs (an output map's, not a position's)
+    for si, side in enumerate(sides):
+        copy_legs = {leg for legs in side.term.copies for leg in legs}
+        outputs |= {f"{LABELS[si]}|{o}" for o in side.term.outputs if o not in copy_legs}
+    peel = candidates(eqs[0], outputs)
+    parts = [split(eqs[0], peel)] + [split(eq, peel, like=eqs[0]) for eq in eqs[1:]]
+    first = parts[0]
+    if all(p is not None for p in parts):
+        rest_eq, final_eq = first
+        rest_bytes = 8 * math.prod(rest_eq.size_dict[i] for i in rest_eq.output)  # summed in float64
+        limit = memory_limit()
+        if rest_bytes <= PEEL_MAX_BYTES and (limit is None or rest_bytes <= limit):
+            shared = Equation(final_eq.inputs[1:], (), final_eq.size_dict, final_eq.sources[1:])
+            tree = (paths.known_or_greedy_tree if estimate else paths.find_tree)(
+                final_eq.inputs, final_eq.output, final_eq.size_dict
+            )
+            candidate = Peeling(key, {rep: p[0] for (rep, _, _), p in zip(reps, parts)}, shared,
+                                Contraction(final_eq, tree))
+            whole = planned(sides, kernel, open_outputs, reps[0][0], reps[0][2], estimate)
+            peeled = candidate.rest(reps[0][0], estimate)
+            n = len(reps)
+            if n * peeled.flops + candidate.final.flops < (1 - PEEL_GAIN) * n * whole.flops:
+                decision = candidate
+    if not estimate:
+        _PEELS[key] = decision
+    return decision
+
+
 def contract_pairings(
     sides: list[Side],
     kernel,
@@ -249,19 +315,28 @@ def contract_pairings(
         read = read_through(sides, kernel, arrays, bool(_DRY.get()), stats)
         if read is not None:
             sides, kernel, arrays = read
-    if _DRY.get():
-        return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, _DRY.get()[1])
+    dry = _DRY.get()
+    peel = peeling(sides, kernel, open_outputs, reps, estimate=bool(dry) and dry[1] is not None)
+    if dry:
+        return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, dry[1], peel)
     total = None
-    if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get() and not _DRY.get():
+    if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get():
         reps = bar(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
     for rep, size, blocks in reps:
-        con = planned(sides, kernel, open_outputs, rep, blocks)
+        con = planned(sides, kernel, open_outputs, rep, blocks) if peel is None else peel.rest(rep)
         if stats is not None:
             _record(stats, con, itemsize)
         ops = gather(con.equation, sides, arrays, kernel, like)
         ops = [x.to(dtype) for x in ops]
-        value = run(con, ops, itemsize).to(torch.float64) * (size * coeff)
+        value = run(con, ops, itemsize).to(torch.float64) * size
         total = value if total is None else total + value
+    if total is not None and peel is not None:  # the shared tensors, applied once
+        if stats is not None:
+            _record(stats, peel.final, itemsize)
+        ops = [total.to(dtype)] + [x.to(dtype) for x in gather(peel.shared, sides, arrays, kernel, like)]
+        total = run(peel.final, ops, itemsize).to(torch.float64)
+    if total is not None:
+        total = total * coeff
     if total is None:
         # no pairing at all (an odd number of copies under a zero-mean, unpadded Gaussian):
         # the expectation is exactly zero
@@ -274,7 +349,7 @@ def contract_pairings(
 DRY_SAMPLES = 8
 
 
-def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None) -> torch.Tensor:
+def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None, peel=None) -> torch.Tensor:
     """Cost ``reps`` without contracting: plan a spread sample of ``samples`` of them (all if
     ``None``), scale by the count.
 
@@ -296,9 +371,16 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     weight = len(reps) / len(sample)
     con = None
     for rep, _, blocks in sample:
-        con = planned(sides, kernel, open_outputs, rep, blocks, estimate=samples < len(reps) or quick)
+        if peel is None:
+            con = planned(sides, kernel, open_outputs, rep, blocks, estimate=samples < len(reps) or quick)
+        else:
+            con = peel.rest(rep, estimate=samples < len(reps) or quick)
         if stats is not None:
             _record(stats, con, itemsize, weight)
+    if peel is not None:
+        con = peel.final
+        if stats is not None:
+            _record(stats, con, itemsize)
     if stats is not None and quick:
         stats["estimated"] = stats.get("estimated", 0) + 1
     shape = [con.equation.size_dict[i] for i in con.equation.output]
