@@ -29,7 +29,7 @@ import contextvars
 
 import torch
 
-__all__ = ["execute", "shared_intermediates", "count_flops", "SHARED_BYTES"]
+__all__ = ["execute", "shared_intermediates", "count_flops", "new_cache", "SHARED_BYTES"]
 
 #: Largest total size (bytes) of intermediates kept for reuse within one context.
 SHARED_BYTES = 2**30
@@ -60,6 +60,12 @@ class _Cache:
         if self.bytes + size <= self.limit:
             self.entries[key] = (value, keep)
             self.bytes += size
+
+
+def new_cache(limit: float | None = None) -> _Cache:
+    """A private intermediate cache for :func:`execute`'s ``keep`` (at most ``limit`` bytes,
+    default :data:`SHARED_BYTES`); it lives as long as its owner."""
+    return _Cache(SHARED_BYTES if limit is None else limit)
 
 
 @contextlib.contextmanager
@@ -192,13 +198,15 @@ def _recipe(tree) -> _Recipe:
     return r
 
 
-def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
+def execute(tree, arrays: list[torch.Tensor], keep=None) -> torch.Tensor:
     """Contract ``arrays`` (in the tree's input order) along ``tree``; returns the output.
 
     Intermediates that occur more than once in this contraction are computed once and, inside
     :func:`shared_intermediates`, offered to later contractions; every node is looked up in
-    the shared cache first. Sliced trees are handed to cotengra (which loops over the
-    slices) without sharing.
+    the shared cache first. ``keep`` (a cache from :func:`new_cache`): look nodes up there
+    and keep *every* intermediate in it, for a family of small contractions known to share
+    their first steps (read-through blocks: :math:`W_a G` for every reader on the other
+    side). Sliced trees are handed to cotengra (which loops over the slices) without sharing.
     """
     if tree.sliced_inds:
         return tree.contract(arrays)
@@ -209,7 +217,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
             letters[i] for i in tree.output
         )
         return torch.einsum(eq, arrays[0])
-    shared = _SHARED.get() if SHARING else None
+    shared = (keep if keep is not None else _SHARED.get()) if SHARING else None
     counter = _COUNT.get()
     ids = [id(x) for x in arrays]
     keys = {p: (recipe.patterns[p], tuple(ids[i] for i in recipe.leaves[p])) for p in recipe.children}
@@ -234,7 +242,7 @@ def execute(tree, arrays: list[torch.Tensor]) -> torch.Tensor:
         if counter is not None:
             counter["flops"] += recipe.flops[node]
             counter["steps"] += 1
-        if SHARING and seen[key] > 1:
+        if SHARING and (seen[key] > 1 or keep is not None):
             local[key] = value
             if shared is not None:
                 shared.put(key, value, tuple(arrays[i] for i in recipe.leaves[node]))

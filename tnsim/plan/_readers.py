@@ -32,7 +32,7 @@ from ..doubled._sides import LABELS
 from ..measures import Kernel, Piece
 from ..measures._base import KERNEL_FLAGS
 from . import _paths as paths
-from ._execute import execute
+from ._execute import execute, new_cache
 
 __all__ = ["ReadTerm", "ReadKernel", "read_through"]
 
@@ -124,6 +124,12 @@ class ReadKernel(Kernel):
         self.spaces = base.spaces
         self.structure = ("read", base.structure)
         self._blocks: dict = {}
+        # the blocks of one base kernel share their first products (W_a G for every reader
+        # of b, in every term pair of the step): kept on the base kernel, which lives as
+        # long as the step
+        if getattr(base, "_read_cache", None) is None:
+            base._read_cache = new_cache()
+        self._shared = base._read_cache
 
     def pad(self, s):
         return ()  # a virtual copy's pad vector is part of its block's tensor
@@ -185,7 +191,7 @@ class ReadKernel(Kernel):
         if self.dry:
             value = torch.empty(shape, dtype=like.dtype, device="meta")
         else:
-            value = execute(tree, [x.to(like.dtype) for x in arrays])
+            value = execute(tree, [x.to(like.dtype) for x in arrays], keep=self._shared)
         legs, n = [], len(batch)
         for k, (si, c) in enumerate(block):
             if c < self.sides[si].term.degree:
