@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 
+import tnsim
+
 from tnsim.ir import _groups as groups
 from brute import partial_matchings, tree_automorphisms
 
@@ -89,3 +91,18 @@ def test_tuple_orbits_merge_equivalent_assignments():
     orbits = groups.tuple_orbits(2, swap, 2)
     assert sorted(size for _, size, _ in orbits) == [1, 1, 2]
     assert sum(size for _, size, _ in orbits) == 4
+
+
+def test_unaffordable_partial_matchings_are_refused_before_any_is_listed(monkeypatch):
+    """The refusal comes from counts (per orbit of unpaired sets, the perfect matchings of the
+    rest), not after listing up to the limit: listing is switched off here."""
+    from tnsim.ir import _groups as groups_module
+
+    def never(*args):
+        raise AssertionError("matchings were listed before the refusal")
+
+    monkeypatch.setattr(groups_module, "_perfect_matchings", never)
+    with pytest.raises(tnsim.UnaffordableError, match="Wick matchings"):
+        groups_module.matching_orbits(12, [], partial=True, limit=1000)
+    # 12 points, no symmetry: the telephone number T(12) = 140152 partial matchings in all
+    assert groups_module.count_matchings(12, True) == 140152

@@ -412,17 +412,18 @@ def matching_orbits(
     bits = (masks[:, None] >> np.arange(n)) & 1
 
     subset_orbits = _orbit_reps(bits, [(np.argsort(g), None) for g in gens])
+    # counted before anything is listed: a refusal comes at once, not after the limit's worth
+    listed = sum(count_matchings(n - sum(bitrow), False) for bitrow, _ in subset_orbits)
+    if listed > limit:
+        raise UnaffordableError(
+            f"exact Gaussian measure would enumerate {listed:.3g} Wick matchings (more than "
+            f"{limit}) for {n} input copies"
+        )
     elements = closure(gens, n) if gens else np.arange(n)[None]
     out = []
-    listed = 0
     for bitrow, size_s in subset_orbits:
         singles = tuple(i for i in range(n) if bitrow[i])
         rest = tuple(i for i in range(n) if not bitrow[i])
-        listed += count_matchings(len(rest), False)
-        if listed > limit:
-            raise UnaffordableError(
-                f"exact Gaussian measure would enumerate more than {limit} Wick matchings"
-            )
         sset = np.zeros(n, dtype=bool)
         sset[list(singles)] = True
         stab = elements[np.all(sset[elements] == sset[None], axis=1)]
