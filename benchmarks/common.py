@@ -11,6 +11,7 @@ import shlex
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -138,13 +139,30 @@ def in_child(fn, *args):
     """``fn(*args)`` in a forked process, with that process's peak memory (MiB): each figure's
     peak is its own, not the benchmark's running maximum."""
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_with_peak, (fn, args))
+    receive, send = ctx.Pipe(duplex=False)
+    # a plain (non-daemonic) process: cotengra's hyper-optimiser may start workers of its own,
+    # which a daemonic pool worker is not allowed to do
+    child = ctx.Process(target=_with_peak, args=(fn, args, send))
+    child.start()
+    send.close()
+    try:
+        ok, out, peak = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(f"the child process running {fn.__name__} died (exit code {child.exitcode})") from None
+    child.join()
+    if not ok:
+        raise RuntimeError(f"{fn.__name__} failed in the child process:\n{out}")
+    return out, peak
 
 
-def _with_peak(fn, args):
-    out = fn(*args)
-    return out, peak_rss_mib()
+def _with_peak(fn, args, send):
+    try:
+        out = fn(*args)
+    except BaseException:  # reported to the parent with its traceback
+        send.send((False, traceback.format_exc(), None))
+        return
+    send.send((True, out, peak_rss_mib()))
 
 
 def save(name: str, data: dict) -> Path:

@@ -107,6 +107,10 @@ def test_default_block_size_uses_symmetry_and_the_cache_target():
     assert matrix.default_block_size(30, 7, False) == 30
     # intermediates grow like size^2: 100 bytes per pair, target 6400 bytes -> 8 models
     assert matrix.default_block_size(64, 64, True, probe=lambda s: 100.0 * s * s, target=6400) == 8
+    # one pair already over the target (large contractions): no stacking at all
+    assert matrix.default_block_size(64, 64, True, probe=lambda s: 1e4 * s * s, target=6400) == 1
+    # between the two: never below MIN_CHUNK
+    assert matrix.default_block_size(64, 64, True, probe=lambda s: 1e3 * s * s, target=6400) == matrix.MIN_CHUNK
 
 
 def test_progress_bar(monkeypatch, capsys):

@@ -161,13 +161,19 @@ def default_block_size(n_a: int, n_b: int, symmetric: bool, probe=None, target: 
 
     ``probe(size) -> bytes`` gives the largest intermediate of a ``size x size`` block; the
     size is grown while the largest intermediate stays within ``target`` (default
-    :data:`TARGET_BYTES` for the device), never below :data:`MIN_CHUNK`. A square matrix of
+    :data:`TARGET_BYTES` for the device), never below :data:`MIN_CHUNK` unless a single pair
+    already exceeds the target (then 1: batching buys large contractions nothing). A square matrix of
     at least 8 models is cut into at least two chunks per side so symmetry saves work.
     """
     n = max(n_a, n_b)
     cap = math.ceil(n / 2) if symmetric and n >= 8 else n
     if probe is None or target is None:
         return cap
+    if probe(1) > target:
+        # one pair's intermediates already exceed the target: its steps are large GEMMs, and
+        # stacking would only add the wasted half of diagonal blocks (measured on the language
+        # model: blocks of 1 ran 1.6x faster than blocks of 2; docs/performance.md)
+        return 1
     size = min(cap, MIN_CHUNK)
     while size < cap:
         bigger = min(cap, size * 2)

@@ -259,6 +259,8 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
     key = (structure_key(sides, kernel, open_outputs), tuple(rep for rep, _, _ in reps))
     if key in _PEELS:
         return _PEELS[key]
+    if estimate and ("estimate",) + key in _PEELS:  # priced with quick paths: kept apart
+        return _PEELS[("estimate",) + key]
     decision = None
     eqs = [build_equation(sides, blocks, kernel, open_outputs) for _, _, blocks in reps]
     outputs = set()  # output legs that are no copy's legs (an output map's, not a position's)
@@ -284,8 +286,7 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
             n = len(reps)
             if n * peeled.flops + candidate.final.flops < (1 - PEEL_GAIN) * n * whole.flops:
                 decision = candidate
-    if not estimate:
-        _PEELS[key] = decision
+    _PEELS[("estimate",) + key if estimate else key] = decision
     return decision
 
 
