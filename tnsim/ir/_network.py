@@ -474,8 +474,8 @@ def stack(nets: list[Network], name: str | None = None) -> Network:
 
     def stacked(xs):
         key = tuple(id(x) for x in xs)
-        if key not in memo:
-            memo[key] = (torch.stack(xs), xs)  # keep xs alive so ids stay unique
+        if key not in memo:  # one model: a view, not a copy (blocks of one model are common)
+            memo[key] = (xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(xs), xs)  # keep xs alive: ids stay unique
         return memo[key][0]
 
     def stack_terms(groups: list[tuple[Term, ...]]) -> tuple[Term, ...]:

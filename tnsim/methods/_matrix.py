@@ -328,15 +328,17 @@ def matrix_cost(models, models_b=None, *, samples: int | None = DRY_SAMPLES, **o
     side_b = "a" if plan.symmetric else "b"
     with dry_run(samples):  # the same calls as run_plan, planned and costed, contracting nothing
         per_model: dict = {}  # norms (exact) or chains (recursive), once per chunk
+        stand_in: dict = {}
         for i, j in plan.blocks:
             method = plan.spec(i, j).method
             for side, k in (("a", i), (side_b, j)):
                 if (side, k, method) not in per_model:
                     chunk = (plan.chunks_a if side == "a" else plan.chunks_b)[k]
                     key = ("norm", side, chunk.group, len(chunk.rows), method)
-                    sub = None if key in priced else _new_class(priced, key)
-                    spec = Spec(plan.measure, method, plan.outputs)
-                    per_model[side, k, method] = _norm_scaled(chunk.stack, spec, stats=sub)
+                    if key not in priced:  # dry results depend on structure only: one per class
+                        spec = Spec(plan.measure, method, plan.outputs)
+                        stand_in[key] = _norm_scaled(chunk.stack, spec, stats=_new_class(priced, key))
+                    per_model[side, k, method] = stand_in[key]
                     priced[key]["count"] += 1
         for i, j in plan.blocks:
             ca, cb, spec = plan.chunks_a[i], plan.chunks_b[j], plan.spec(i, j)

@@ -32,7 +32,7 @@ import torch
 from ..errors import StructureError
 from ..ir._network import Network, compose
 from ..measures import Kernel, Piece, Space
-from ..plan._contract import Scaled
+from ..plan._contract import Scaled, is_dry
 from ._exact import choose_variants, exact, sum_term_pairs
 from ._prepare import Mode, Prepared, as_matrix, make_kernel, output_maps
 
@@ -184,7 +184,10 @@ class _StateGaussianKernel(Kernel):
 
 
 def _max_abs(x: torch.Tensor, batch_dims: int) -> torch.Tensor:
-    """Largest absolute entry per model (over all non-batch axes)."""
+    """Largest absolute entry per model (over all non-batch axes); ones in a dry run (whose
+    stand-in zeros are not materialised)."""
+    if is_dry():
+        return torch.ones(x.shape[:batch_dims], dtype=x.dtype, device=x.device)
     if batch_dims == 0:
         return x.abs().max()
     return x.abs().reshape(x.shape[:batch_dims] + (-1,)).amax(-1)
