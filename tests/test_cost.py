@@ -209,3 +209,22 @@ def test_disk_cache_is_bounded_and_keeps_recently_used_paths(tmp_path, monkeypat
     paths.find_tree(*chain(7))
     assert len(entries()) == 3 and names[1] in entries() and names[2] not in entries()
     tnsim.clear_cache(disk=False)
+
+
+def test_cost_counts_orbits_beyond_the_list_limit_without_listing_them(monkeypatch):
+    """Past DRY_LIST_LIMIT orbits a term pair is priced from Burnside's count (no orbit is
+    listed); without the zero rules (tensor measure, unpadded) the count equals the listed one,
+    and the flops are those of the aligned pairing times the count: a lower bound."""
+    a, b = stack2(seed=1), stack2(seed=2)
+    listed = tnsim.cost(a, b, measure="tensor", method="exact")
+    ran = tnsim.compare(a, b, measure="tensor", method="exact").cost
+    monkeypatch.setattr(contract, "DRY_LIST_LIMIT", 1)
+    tnsim.clear_cache(disk=False)
+
+    def never(*args):
+        raise AssertionError("orbits were listed")
+
+    monkeypatch.setattr(contract, "live_pairings", never)
+    counted = tnsim.cost(a, b, measure="tensor", method="exact")
+    assert counted.contractions == listed.contractions == ran.contractions
+    assert counted.estimated and 0 < counted.flops <= ran.flops

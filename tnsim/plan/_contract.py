@@ -19,7 +19,7 @@ import torch
 from .. import _caches
 from ..progress import bar
 from .._memory import check_allocation, memory_limit, slice_overhead
-from ..doubled import Equation, Side, build_equation, gather, live_pairings
+from ..doubled import Equation, Side, aligned_blocks, build_equation, count_orbits, gather, live_pairings
 from ..doubled._sides import LABELS
 from ..errors import UnaffordableError
 from ..ir._term import Term
@@ -308,15 +308,19 @@ def contract_pairings(
     :math:`\sum_\pi \prod_{B\in\pi}\kappa_B`. Coefficients of the terms are included; arrays
     must already be normalised.
     """
-    reps, norm = live_pairings(sides, kernel)
-    coeff = math.prod(s.term.coeff for s in sides) * norm
     itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
+    dry = _DRY.get()
+    if dry and dry[1] is not None:  # an estimate: too many orbits are counted, not listed
+        counted = _counted(sides, kernel, open_outputs, stats, itemsize, like)
+        if counted is not None:
+            return counted
+    reps, norm = live_pairings(sides, kernel)
+    coeff = math.prod(s.term.coeff for s in sides) * norm
     if len(reps) > 1:  # blocks met by several orbits: contract them with their readers once
         read = read_through(sides, kernel, arrays, bool(_DRY.get()), stats)
         if read is not None:
             sides, kernel, arrays = read
-    dry = _DRY.get()
     peel = peeling(sides, kernel, open_outputs, reps, estimate=bool(dry) and dry[1] is not None)
     if dry:
         return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, dry[1], peel)
@@ -348,6 +352,29 @@ def contract_pairings(
 #: a dry run (:func:`dry_run`, :func:`tnsim.cost`) plans at most this many orbits of one term
 #: pair, spread over the list, and scales their cost by the orbit count
 DRY_SAMPLES = 8
+#: an estimate lists the orbits of a term pair only up to this many (Burnside's count, before
+#: the zero rules); beyond, it prices the count times the aligned pairing's plan, a lower bound
+#: on flops (listing 10^7 orbits took minutes and gigabytes)
+DRY_LIST_LIMIT = 20000
+
+
+def _counted(sides, kernel, open_outputs, stats, itemsize, like) -> torch.Tensor | None:
+    """A term pair's estimated cost from its orbit count, or ``None`` if few enough to list."""
+    if len(sides) != 2:
+        return None
+    try:
+        n = count_orbits(kernel, sides[0].term, sides[1].term, sides[0].virtual, sides[1].virtual)
+    except UnaffordableError:  # a group too large to list: the orbits are listed (and refused) as before
+        return None
+    if n <= DRY_LIST_LIMIT:
+        return None
+    con = planned(sides, kernel, open_outputs, ("aligned",), aligned_blocks(sides, kernel), estimate=True)
+    if stats is not None:
+        _record(stats, con, itemsize, n)
+        stats["estimated"] = stats.get("estimated", 0) + 1
+    shape = [con.equation.size_dict[i] for i in con.equation.output]
+    check_allocation(shape, 8, "a contraction's result")
+    return _zero(shape, like)
 
 
 def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None, peel=None) -> torch.Tensor:
