@@ -190,3 +190,21 @@ def test_peeling_in_the_exact_method_changes_no_value(measure, monkeypatch):
     monkeypatch.setattr(contract, "peeling", lambda *args, **kw: None)
     tnsim.clear_cache(disk=False)
     assert peeled == pytest.approx(tnsim.similarity(a, b, measure=measure, method="exact"), rel=1e-10)
+
+
+@pytest.mark.parametrize("layers", [2])
+def test_gaussian_first_order_in_closed_form_changes_no_value(layers, monkeypatch):
+    """The Gaussian closure's pairings with no a-b pair or one, summed in closed form (the
+    means' outer product; J_a C_ab J_b^T with the expected Jacobians from Stein's lemma), give
+    the orbit-by-orbit sum; matrices of stacks too."""
+    models = [lm(s, layers=layers) for s in (11, 12, 13)]
+    fast = [values(models[0], m, "gaussian") for m in models[1:]]
+    m_fast = tnsim.similarity_matrix(models, measure="gaussian", method="recursive", block_size=2, progress=False)
+    monkeypatch.setattr(recursive_module, "FIRST_ORDER", False)
+    tnsim.clear_cache(disk=False)
+    slow = [values(models[0], m, "gaussian") for m in models[1:]]
+    m_slow = tnsim.similarity_matrix(models, measure="gaussian", method="recursive", block_size=2, progress=False)
+    for f, s_ in zip(fast, slow):
+        for x, y in zip(f, s_):
+            assert x == pytest.approx(y, rel=1e-9)
+    assert torch.allclose(m_fast, m_slow, rtol=1e-9, atol=1e-12)

@@ -174,10 +174,14 @@ def live_pairings(sides: list[Side], kernel) -> tuple[list[Pairing], float]:
 
     A matrix of checkpoints meets the same term pairs in every block; enumerating and
     filtering their orbits once (rather than per block) keeps the warm loop to contractions.
+    A kernel with ``min_cross = k`` keeps only pairings with at least ``k`` blocks joining a
+    copy of *a* to a copy of *b* (its caller adds the others in closed form: see the Gaussian
+    closure's first-order term in :mod:`tnsim.methods._recursive`).
     """
     copies = sum(s.degree for s in sides)
+    min_cross = getattr(kernel, "min_cross", 0)
     key = (
-        kernel.scheme, _flag(kernel), kernel.decoupled, kernel.const_blocks, kernel.real_mean_zero,
+        min_cross, kernel.scheme, _flag(kernel), kernel.decoupled, kernel.const_blocks, kernel.real_mean_zero,
         tuple(r for r in range(2, copies + 1) if kernel.zero_size(r)),
         tuple(kernel.spaces[lab].padded for lab in "ab"),
         tuple((s.term.structure, s.virtual, copy_support(s.term) if kernel.decoupled else None) for s in sides),
@@ -188,5 +192,7 @@ def live_pairings(sides: list[Side], kernel) -> tuple[list[Pairing], float]:
         vanishes = vanishing_rule(sides, kernel)
         if vanishes is not None:
             reps = [r for r in reps if not vanishes(r[2])]
+        if min_cross:  # the kernel sums the pairings with fewer cross blocks in closed form
+            reps = [r for r in reps if sum(len(b) == 2 and b[0][0] != b[1][0] for b in r[2]) >= min_cross]
         hit = _LIVE[key] = (reps, norm)
     return hit

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import StructureError
-from ..ir._network import Network, compose
+from ..ir._network import Network, compose, identity_network
 from ..measures import Kernel, Piece, Space
+from ..measures._base import real_weights
 from ..plan._contract import Scaled, is_dry
 from ._exact import choose_variants, exact, sum_term_pairs
 from ._prepare import Mode, Prepared, as_matrix, make_kernel, output_maps
@@ -158,8 +159,9 @@ class _StateGaussianKernel(Kernel):
     scheme = "matchings"
     readable = True
 
-    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool):
+    def __init__(self, cov: dict, mean: dict, spaces: dict, partial: bool, min_cross: int = 0):
         self.cov, self.mean, self.spaces, self.partial = cov, mean, spaces, partial
+        self.min_cross = min_cross  # pairings with fewer a-b pairs are added in closed form
         self._pairs = {}
         for (s1, s2), (c, roles) in cov.items():
             r1, r2 = len(spaces[s1].shape), len(spaces[s2].shape)
@@ -174,6 +176,7 @@ class _StateGaussianKernel(Kernel):
             tuple(sorted((k, roles, tuple(m.shape[len(roles) :])) for k, (m, roles) in mean.items())),
             tuple(sorted(spaces.items())),
             partial,
+            min_cross,
         )
 
     def pair(self, s1, s2):
@@ -257,7 +260,9 @@ class Chain:
 
     @property
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for s in self.states for x in s[:2] if isinstance(x, torch.Tensor))
+        return sum(
+            x.numel() * x.element_size() for s in self.states for x in (s[0], s[1], s[5]) if isinstance(x, torch.Tensor)
+        )
 
 
 def _chain_key(split, layers, close, partner_layers=None, partner_close=None, closure="", dtype=None) -> tuple:
@@ -329,6 +334,12 @@ def _chain(prepared: Prepared, net: Network, split, key, outputs, stats) -> Chai
     layers, close = _side(net, split)
     build = _tensor_chain if prepared.measure.closure == "hierarchical" else _gaussian_chain
     return build(prepared, net, layers, close, key, outputs, stats)
+
+
+#: Gaussian closure: pairings of a layer pair with no a-b pair, or one, are summed in closed
+#: form (the means' product; the expected Jacobians :math:`J_a C_{ab} J_b^\top`, computed once
+#: per model) instead of orbit by orbit. ``False`` sums every pairing (the reference).
+FIRST_ORDER = True
 
 
 def _batch(net: Network):
@@ -511,8 +522,9 @@ def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats)
         mu = mean.mantissa
         cov = second.mantissa - _outer_moments(mu, mu, nb, diag=True)
         w = _log(mean.log_a, like)
+        jac = None if first or not FIRST_ORDER else _mean_jacobian(prepared, layer, virtual, c, m, roles, w, zero, stats)
         if index == len(layers) - 1:
-            states.append((m, c, mu, None, zero))
+            states.append((m, c, mu, None, zero, jac))
             final = cov if measure.centred else second.mantissa
             ls = k * ls + w
             scales.append(ls)
@@ -520,7 +532,7 @@ def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats)
         scale = torch.maximum(_max_abs(cov, nb), _max_abs(mu, nb) ** 2)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float64)
         sq = torch.sqrt(scale)
-        states.append((m, c, mu, sq, zero))
+        states.append((m, c, mu, sq, zero, jac))
         ls = k * ls + w + 0.5 * torch.log(scale)
         scales.append(ls)
         m = (mu / _expand(sq, mu.dim() - nb)).to(dtype)
@@ -535,6 +547,65 @@ def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats)
     return Chain(key, scales, states, norm)
 
 
+def _mean_jacobian(prepared: Prepared, layer: Network, virtual, c, m, roles, w, zero, stats) -> torch.Tensor:
+    r"""The expected Jacobian :math:`J = \mathbb E[\partial f/\partial x]` of one layer under the
+    propagated Gaussian, in units of its mean (per model for a stack).
+
+    By Stein's lemma :math:`\mathrm{Cov}(f(x), y) = J\,\mathrm{Cov}(x, y)`: the cross moment of
+    the layer with the identity map ``y`` of a zero-mean copy whose covariance with ``x`` is the
+    identity on the real features (:math:`\mathrm{diag}(0, 1, \dots, 1)` per position) is
+    :math:`J` itself; only pairings with the one copy of ``y`` paired to ``x`` survive.
+    """
+    like, dtype = prepared.like, prepared.dtype
+    space = _space(layer)
+    ident = identity_network(space.shape, space.padded, like)
+    w_real = real_weights(space, like) if space.padded else torch.ones(space.d, dtype=like.dtype, device=like.device)
+    eye = torch.diag(w_real)
+    if space.sequence:
+        n = space.shape[0]
+        eye = torch.eye(n, dtype=like.dtype, device=like.device)[:, None, :, None] * eye[None, :, None, :]
+    zeros = torch.zeros(space.shape, dtype=like.dtype, device=like.device)
+    kernel = _StateGaussianKernel(
+        {("a", "a"): (c, roles), ("a", "b"): (eye, ()), ("b", "b"): (eye, ())},
+        {"a": (m, roles), "b": (zeros, ())}, {"a": space, "b": space}, not zero, min_cross=1,
+    )
+    jac = sum_term_pairs(layer.terms, ident.terms, kernel, open_outputs=True, mode=Mode(),
+                         virtual_a=virtual, virtual_b=lambda t: 0, dtype=dtype, stats=stats)
+    nb = len(roles)
+    units = _log(jac.log_a, like) + _log(jac.log_b, like) - w  # to the mean's units
+    return (jac.mantissa * _expand(torch.exp(units), jac.mantissa.dim() - nb)).to(dtype)
+
+
+def _first_order(jac_a, c_ab, jac_b, ba, bb, stats) -> torch.Tensor:
+    r"""The pairings with exactly one a-b pair, :math:`J_a\,C_{ab}\,J_b^\top`: by Wick's
+    theorem they factor through each side's expected Jacobian (the remaining copies of each
+    side paired among themselves or with its mean). Batch axes (a, b) first."""
+    na, nb_ = (1 if ba else 0), (1 if bb else 0)
+    out_a, out_b = jac_a.shape[na:], jac_b.shape[nb_:]
+    half = len(out_a) // 2
+    oa, xa = math.prod(out_a[:half]), math.prod(out_a[half:])
+    ob, xb = math.prod(out_b[:half]), math.prod(out_b[half:])
+    ja = jac_a.reshape(jac_a.shape[:na] + (oa, xa))
+    jb = jac_b.reshape(jac_b.shape[:nb_] + (ob, xb))
+    c = c_ab.reshape(c_ab.shape[: na + nb_] + (xa, xb))
+    batch_a, batch_b = "A"[:na], "B"[:nb_]
+    shape = jac_a.shape[:na] + jac_b.shape[:nb_] + tuple(out_a[:half]) + tuple(out_b[:half])
+    if stats is not None:
+        models = math.prod(jac_a.shape[:na]) * math.prod(jac_b.shape[:nb_])
+        stats["flops"] = stats.get("flops", 0.0) + models * (oa * xa * xb + oa * xb * ob)
+        stats["contractions"] = stats.get("contractions", 0) + 1
+        largest = float(models * max(oa * xb, oa * ob))
+        stats["max_size"] = max(stats.get("max_size", 0.0), largest)
+        stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), largest)
+        if "paths" in stats:
+            stats["paths"].append(((0, 1), (0, 1)))  # J_a C_ab first, then J_b
+    if is_dry():
+        return torch.zeros((), dtype=c_ab.dtype, device=c_ab.device).expand(shape)
+    left = torch.einsum(f"{batch_a}ox,{batch_a}{batch_b}xy->{batch_a}{batch_b}oy", ja, c.to(ja.dtype))
+    value = torch.einsum(f"{batch_a}{batch_b}oy,{batch_b}py->{batch_a}{batch_b}op", left, jb)
+    return value.reshape(shape).to(torch.float64)
+
+
 def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: Chain, outputs, stats) -> Scaled:
     """The cross second moment (or covariance) through every step, from both chains' moments."""
     (layers_a, close_a), (layers_b, close_b) = side_a, side_b
@@ -546,22 +617,27 @@ def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: 
     last = len(layers_a) - 1
     for index, (la, lb) in enumerate(zip(layers_a, layers_b)):
         first = index == 0
-        m_a, c_aa, mu_a, sq_a, zero_a = chain_a.states[index]
-        m_b, c_bb, mu_b, sq_b, zero_b = chain_b.states[index]
+        m_a, c_aa, mu_a, sq_a, zero_a, jac_a = chain_a.states[index]
+        m_b, c_bb, mu_b, sq_b, zero_b, jac_b = chain_b.states[index]
+        closed = not first and FIRST_ORDER
         if first:
             kernel = make_kernel(measure, la, lb, like)
-        else:
+        else:  # pairings with 0 or 1 a-b pairs come in closed form (below)
             kernel = _StateGaussianKernel(
                 {("a", "a"): (c_aa, ra), ("a", "b"): (c_ab, rab), ("b", "b"): (c_bb, rb)},
                 {"a": (m_a, ra), "b": (m_b, rb)}, {"a": _space(la), "b": _space(lb)},
-                not (zero_a and zero_b),
+                not (zero_a and zero_b), min_cross=2 if closed else 0,
             )
         s_ab = sum_term_pairs(la.terms, lb.terms, kernel, open_outputs=True, mode=Mode(),
                               virtual_a=_virtual(first, la.degree), virtual_b=_virtual(first, lb.degree),
                               dtype=dtype, stats=stats)
-        cov = s_ab.mantissa - _outer_moments(mu_a, mu_b, (nba, nbb), diag=False)
+        outer = _outer_moments(mu_a, mu_b, (nba, nbb), diag=False)
+        if closed:
+            cov = s_ab.mantissa + _first_order(jac_a, c_ab, jac_b, ba, bb, stats)
+        else:
+            cov = s_ab.mantissa - outer
         if index == last:
-            final = cov if measure.centred else s_ab.mantissa
+            final = cov if measure.centred else cov + outer
             break
         scale = _outer(sq_a, sq_b, ba, bb)
         c_ab = (cov / _expand(scale, cov.dim() - scale.dim())).to(dtype)
