@@ -208,3 +208,22 @@ def test_gaussian_first_order_in_closed_form_changes_no_value(layers, monkeypatc
         for x, y in zip(f, s_):
             assert x == pytest.approx(y, rel=1e-9)
     assert torch.allclose(m_fast, m_slow, rtol=1e-9, atol=1e-12)
+
+
+def test_norm_alone_skips_the_expected_jacobians(monkeypatch):
+    """norm() needs a model's chain only for its norm: no expected Jacobian is computed, and the
+    value is the one similarity's chain gives."""
+    a = lm(21)
+    calls = []
+    real = recursive_module._mean_jacobian
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(recursive_module, "_mean_jacobian", spy)
+    alone = tnsim.norm(a, measure="gaussian", method="recursive")
+    assert not calls
+    _, with_pairs, _ = values(a, lm(22), "gaussian")
+    assert calls
+    assert alone == pytest.approx(with_pairs, rel=1e-12)

@@ -131,7 +131,7 @@ def _self_inner(p: Prepared, which: str, method, outputs, stats=None) -> Scaled:
     net = p.a if which == "aa" else p.b
     if method == "exact":
         return exact(p, outputs, which=which, mode=Mode("diag") if net.batch else Mode(), stats=stats)
-    chain = self_chain(p if which == "aa" else replace(p, a=p.b, _kernels={}), outputs, stats=stats)
+    chain = self_chain(p if which == "aa" else replace(p, a=p.b, _kernels={}), outputs, stats=stats, for_pairs=False)
     if chain is not None:  # the model against itself only
         return chain.norm
     return recursive(p, outputs, stats=stats)[1 if which == "aa" else 2]

@@ -247,8 +247,10 @@ class Chain:
         :math:`\ell` before each step, and after the last (per model for a stack).
     states
         Gaussian closure, per step: ``(mean, covariance)`` entering it (``None`` for the
-        first), the output mean's mantissa, :math:`\sqrt{c}` (the renormalisation) and whether
-        the input is known to have zero mean. Empty for the tensor closure.
+        first), the output mean's mantissa, :math:`\sqrt{c}` (the renormalisation; ``None``
+        after the last step), whether the input is known to have zero mean, and the expected
+        Jacobian :math:`J` (``None`` for the first step, or for a chain built for its norm
+        alone). Empty for the tensor closure.
     norm
         :math:`\langle f, f\rangle` (per model for a stack), as :class:`Scaled`.
     """
@@ -265,12 +267,14 @@ class Chain:
         )
 
 
-def _chain_key(split, layers, close, partner_layers=None, partner_close=None, closure="", dtype=None) -> tuple:
-    """Degrees a chain is homogenised to: the larger of the two sides' at every step."""
+def _chain_key(split, layers, close, partner_layers=None, partner_close=None, closure="", dtype=None,
+               for_pairs: bool = True) -> tuple:
+    """What a chain was computed for: the cut, the degrees it is homogenised to (the larger of
+    the two sides' at every step), and whether it carries what pairs need beyond the norm."""
     other = partner_layers or layers
     ks = tuple(max(x.degree, y.degree) for x, y in zip(layers, other))
     kc = None if close is None else max(close.degree, (partner_close or close).degree)
-    return (closure, split, ks, kc, dtype)
+    return (closure, split, ks, kc, dtype, for_pairs and closure == "gaussian" and FIRST_ORDER)
 
 
 def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None, chains=(None, None)):
@@ -293,11 +297,11 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None, ch
         key_b = _chain_key(split, lb, cb, la, ca, closure, dtype)
         chain_a, chain_b = chains
         if chain_a is None or chain_a.key != key_a:
-            chain_a = _chain(prepared, net_a, split, key_a, outputs, stats)
+            chain_a = _chain(prepared, net_a, la, ca, key_a, outputs, stats)
         if net_b is net_a and key_b == key_a:
             chain_b = chain_a
         elif chain_b is None or chain_b.key != key_b:
-            chain_b = _chain(prepared, net_b, split, key_b, outputs, stats)
+            chain_b = _chain(prepared, net_b, lb, cb, key_b, outputs, stats)
         pair = _pair_tensor if closure == "hierarchical" else _pair_gaussian
         ab = pair(prepared, (la, ca), (lb, cb), chain_a, chain_b, outputs, stats)
         return ab, chain_a.norm, chain_b.norm
@@ -318,20 +322,21 @@ def recursive(prepared: Prepared, outputs=None, *, stats: dict | None = None, ch
     )
 
 
-def self_chain(prepared: Prepared, outputs=None, *, stats: dict | None = None) -> Chain | None:
+def self_chain(prepared: Prepared, outputs=None, *, stats: dict | None = None, for_pairs: bool = True) -> Chain | None:
     """The :class:`Chain` of ``prepared.a`` cut as against itself (``None`` for a measure
-    without a closure): the per-model half of every recursive pair it is in."""
+    without a closure): the per-model half of every recursive pair it is in
+    (``for_pairs=False``: only its norm is wanted, so the Gaussian closure's expected
+    Jacobians are skipped)."""
     net, measure = prepared.a, prepared.measure
     if measure.closure not in ("hierarchical", "gaussian"):
         return None
     split = _split(net, net)
     layers, close = _side(net, split)
-    key = _chain_key(split, layers, close, closure=measure.closure, dtype=prepared.dtype)
-    return _chain(prepared, net, split, key, outputs, stats)
+    key = _chain_key(split, layers, close, closure=measure.closure, dtype=prepared.dtype, for_pairs=for_pairs)
+    return _chain(prepared, net, layers, close, key, outputs, stats)
 
 
-def _chain(prepared: Prepared, net: Network, split, key, outputs, stats) -> Chain:
-    layers, close = _side(net, split)
+def _chain(prepared: Prepared, net: Network, layers, close, key, outputs, stats) -> Chain:
     build = _tensor_chain if prepared.measure.closure == "hierarchical" else _gaussian_chain
     return build(prepared, net, layers, close, key, outputs, stats)
 
@@ -522,7 +527,7 @@ def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats)
         mu = mean.mantissa
         cov = second.mantissa - _outer_moments(mu, mu, nb, diag=True)
         w = _log(mean.log_a, like)
-        jac = None if first or not FIRST_ORDER else _mean_jacobian(prepared, layer, virtual, c, m, roles, w, zero, stats)
+        jac = _mean_jacobian(prepared, layer, virtual, c, m, roles, w, zero, stats) if key[5] and not first else None
         if index == len(layers) - 1:
             states.append((m, c, mu, None, zero, jac))
             final = cov if measure.centred else second.mantissa
@@ -538,8 +543,7 @@ def _gaussian_chain(prepared: Prepared, net, layers, close, key, outputs, stats)
         m = (mu / _expand(sq, mu.dim() - nb)).to(dtype)
         c = (cov / _expand(scale, cov.dim() - nb)).to(dtype)
     if close is not None:  # second moments (or covariances) through the trailing maps
-        norm = _closed_pair(close, close, 1 if key[3] is None else key[3], final.to(dtype), roles, mode,
-                            (ls, ls), prepared, outputs, stats)
+        norm = _closed_pair(close, close, key[3], final.to(dtype), roles, mode, (ls, ls), prepared, outputs, stats)
         norm = Scaled(norm.mantissa, norm.log_a + norm.log_b, 0.0)
     else:
         maps = output_maps(layers[-1], outputs, like)
@@ -576,13 +580,14 @@ def _mean_jacobian(prepared: Prepared, layer: Network, virtual, c, m, roles, w, 
     return (jac.mantissa * _expand(torch.exp(units), jac.mantissa.dim() - nb)).to(dtype)
 
 
-def _first_order(jac_a, c_ab, jac_b, ba, bb, stats) -> torch.Tensor:
+def _first_order(jac_a, c_ab, jac_b, ba, bb, out_rank: int, stats) -> torch.Tensor:
     r"""The pairings with exactly one a-b pair, :math:`J_a\,C_{ab}\,J_b^\top`: by Wick's
     theorem they factor through each side's expected Jacobian (the remaining copies of each
-    side paired among themselves or with its mean). Batch axes (a, b) first."""
+    side paired among themselves or with its mean). ``out_rank``: output axes of the layers
+    (the Jacobians' leading axes after the batch). Batch axes (a, b) first."""
     na, nb_ = (1 if ba else 0), (1 if bb else 0)
     out_a, out_b = jac_a.shape[na:], jac_b.shape[nb_:]
-    half = len(out_a) // 2
+    half = out_rank
     oa, xa = math.prod(out_a[:half]), math.prod(out_a[half:])
     ob, xb = math.prod(out_b[:half]), math.prod(out_b[half:])
     ja = jac_a.reshape(jac_a.shape[:na] + (oa, xa))
@@ -619,7 +624,7 @@ def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: 
         first = index == 0
         m_a, c_aa, mu_a, sq_a, zero_a, jac_a = chain_a.states[index]
         m_b, c_bb, mu_b, sq_b, zero_b, jac_b = chain_b.states[index]
-        closed = not first and FIRST_ORDER
+        closed = not first and chain_a.key[5] and chain_b.key[5]
         if first:
             kernel = make_kernel(measure, la, lb, like)
         else:  # pairings with 0 or 1 a-b pairs come in closed form (below)
@@ -633,7 +638,7 @@ def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: 
                               dtype=dtype, stats=stats)
         outer = _outer_moments(mu_a, mu_b, (nba, nbb), diag=False)
         if closed:
-            cov = s_ab.mantissa + _first_order(jac_a, c_ab, jac_b, ba, bb, stats)
+            cov = s_ab.mantissa + _first_order(jac_a, c_ab, jac_b, ba, bb, len(la.out_shape), stats)
         else:
             cov = s_ab.mantissa - outer
         if index == last:
@@ -643,8 +648,8 @@ def _pair_gaussian(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: 
         c_ab = (cov / _expand(scale, cov.dim() - scale.dim())).to(dtype)
     ls_a, ls_b = chain_a.scales[-1], chain_b.scales[-1]
     if close_a is not None:
-        k = 1 if chain_a.key[3] is None else chain_a.key[3]
-        return _closed_pair(close_a, close_b, k, final.to(dtype), rab, Mode(), (ls_a, ls_b), prepared, outputs, stats)
+        return _closed_pair(close_a, close_b, chain_a.key[3], final.to(dtype), rab, Mode(), (ls_a, ls_b),
+                            prepared, outputs, stats)
     maps_a = output_maps(layers_a[-1], outputs, like)
     maps_b = output_maps(layers_b[-1], outputs, like)
     return Scaled(_close(final, maps_a, maps_b, ba, bb), ls_a, ls_b)

@@ -25,7 +25,7 @@ from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
 from ._execute import execute
-from ._peel import candidates, split
+from ._peel import candidates, split, split_like
 from ._readers import read_through
 
 __all__ = [
@@ -268,9 +268,9 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
         copy_legs = {leg for legs in side.term.copies for leg in legs}
         outputs |= {f"{LABELS[si]}|{o}" for o in side.term.outputs if o not in copy_legs}
     peel = candidates(eqs[0], outputs)
-    parts = [split(eqs[0], peel)] + [split(eq, peel, like=eqs[0]) for eq in eqs[1:]]
-    first = parts[0]
-    if all(p is not None for p in parts):
+    first = split(eqs[0], peel)
+    rests = [None] if first is None else [first[0]] + [split_like(eq, eqs[0], peel, first[1]) for eq in eqs[1:]]
+    if all(r is not None for r in rests):
         rest_eq, final_eq = first
         rest_bytes = 8 * math.prod(rest_eq.size_dict[i] for i in rest_eq.output)  # summed in float64
         limit = memory_limit()
@@ -279,7 +279,7 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
             tree = (paths.known_or_greedy_tree if estimate else paths.find_tree)(
                 final_eq.inputs, final_eq.output, final_eq.size_dict
             )
-            candidate = Peeling(key, {rep: p[0] for (rep, _, _), p in zip(reps, parts)}, shared,
+            candidate = Peeling(key, {rep: r for (rep, _, _), r in zip(reps, rests)}, shared,
                                 Contraction(final_eq, tree))
             whole = planned(sides, kernel, open_outputs, reps[0][0], reps[0][2], estimate)
             peeled = candidate.rest(reps[0][0], estimate)
@@ -356,15 +356,22 @@ DRY_SAMPLES = 8
 #: the zero rules); beyond, it prices the count times the aligned pairing's plan, a lower bound
 #: on flops (listing 10^7 orbits took minutes and gigabytes)
 DRY_LIST_LIMIT = 20000
+_COUNTS = _caches.memo("orbit counts")
 
 
 def _counted(sides, kernel, open_outputs, stats, itemsize, like) -> torch.Tensor | None:
     """A term pair's estimated cost from its orbit count, or ``None`` if few enough to list."""
     if len(sides) != 2:
         return None
-    try:
-        n = count_orbits(kernel, sides[0].term, sides[1].term, sides[0].virtual, sides[1].virtual)
-    except UnaffordableError:  # a group too large to list: the orbits are listed (and refused) as before
+    key = (kernel.scheme, bool(getattr(kernel, "partial", False)), getattr(kernel, "max_block", None),
+           tuple((s.term.structure, s.virtual) for s in sides))
+    if key not in _COUNTS:  # counted once per structure (cost() prices many blocks of one kind)
+        try:
+            _COUNTS[key] = count_orbits(kernel, sides[0].term, sides[1].term, sides[0].virtual, sides[1].virtual)
+        except UnaffordableError:  # a group too large to list: the orbits are listed (and refused) as before
+            _COUNTS[key] = None
+    n = _COUNTS[key]
+    if n is None:
         return None
     if n <= DRY_LIST_LIMIT:
         return None

@@ -20,7 +20,7 @@ import math
 
 from ..doubled import Equation
 
-__all__ = ["candidates", "split", "PEEL_MIN_SIZE"]
+__all__ = ["candidates", "split", "split_like", "PEEL_MIN_SIZE"]
 
 #: Smallest tensor (elements) worth peeling: smaller ones (masks, pad vectors) are cheap to
 #: apply per orbit, and peeling them would leave their legs open in the orbit sum.
@@ -41,54 +41,56 @@ def candidates(eq: Equation, outputs: set[str]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def split(eq: Equation, peel: tuple[int, ...], like: Equation | None = None) -> tuple[Equation, Equation] | None:
+def split(eq: Equation, peel: tuple[int, ...]) -> tuple[Equation, Equation] | None:
     """``(rest, final)``: the orbit without the peeled inputs, left open on the legs they share
     with it (after its own outputs), and the contraction of that rest with them to ``eq``'s
-    output. ``None`` if nothing would be left to peel.
-
-    ``like``: the first orbit's equation. Identity joins rename indices per orbit, so this
-    orbit's open legs are put in the order of the first orbit's (read through the peeled
-    tensors, which every orbit shares), and the final contraction is written in the first
-    orbit's names; ``None`` if the orbits do not line up.
-    """
-    if like is not None:  # the peeled tensors are found by source (positions vary with the pieces)
-        found: list[int] = []
-        for k0 in peel:
-            at = [k for k, src in enumerate(eq.sources) if src == like.sources[k0] and k not in found]
-            if not at:
-                return None
-            found.append(at[0])
-        peel, first_peel = tuple(found), peel
-    else:
-        first_peel = peel
+    output. ``None`` if nothing would be left to peel."""
     if not peel or len(peel) == len(eq.inputs):
         return None
-    keep = [k for k in range(len(eq.inputs)) if k not in peel]
-    held = {i for k in keep for i in eq.inputs[k]}
-    peeled = [i for k in peel for i in eq.inputs[k]]
-    open_legs = tuple(dict.fromkeys([i for i in eq.output if i in held] + [i for i in peeled if i in held]))
+    rest, open_legs = _rest(eq, peel)
     final = Equation(
         [open_legs] + [eq.inputs[k] for k in peel], eq.output, dict(eq.size_dict),
         [("sum",)] + [eq.sources[k] for k in peel],
     )
-    if like is not None:
-        first = split(like, first_peel)
-        if first is None:
+    return rest, final
+
+
+def split_like(eq: Equation, like: Equation, peel: tuple[int, ...], final: Equation) -> Equation | None:
+    """The rest of another orbit ``eq`` of the term pair whose first orbit ``like`` split into
+    ``final`` (peeling ``peel``), with its open legs in ``final``'s order; ``None`` if the
+    orbits do not line up.
+
+    Identity joins rename indices per orbit, so the peeled tensors are found by source and
+    this orbit's names are read through them (every orbit shares them) into the first's.
+    """
+    found: list[int] = []
+    for k0 in peel:
+        at = [k for k, src in enumerate(eq.sources) if src == like.sources[k0] and k not in found]
+        if not at:
             return None
-        to_first: dict = {}
-        for k, k0 in zip(peel, first_peel):
-            for here, there in zip(eq.inputs[k], like.inputs[k0]):
-                if to_first.setdefault(here, there) != there:
-                    return None
-        for here, there in zip(eq.output, like.output):
+        found.append(at[0])
+    if len(found) == len(eq.inputs):
+        return None
+    rest, open_legs = _rest(eq, tuple(found))
+    to_first: dict = {}
+    pairs = [zip(eq.inputs[k], like.inputs[k0]) for k, k0 in zip(found, peel)] + [zip(eq.output, like.output)]
+    for legs in pairs:
+        for here, there in legs:
             if to_first.setdefault(here, there) != there:
                 return None
-        if len(set(to_first.values())) != len(to_first):
-            return None
-        if {to_first.get(i) for i in open_legs} != set(first[1].inputs[0]):
-            return None
-        back = {there: here for here, there in to_first.items()}
-        open_legs = tuple(back[i] for i in first[1].inputs[0])
-        final = first[1]
+    if len(set(to_first.values())) != len(to_first):
+        return None
+    if {to_first.get(i) for i in open_legs} != set(final.inputs[0]):
+        return None
+    back = {there: here for here, there in to_first.items()}
+    return Equation(rest.inputs, tuple(back[i] for i in final.inputs[0]), rest.size_dict, rest.sources)
+
+
+def _rest(eq: Equation, peel: tuple[int, ...]) -> tuple[Equation, tuple[str, ...]]:
+    """The orbit without the inputs ``peel``, open on its outputs and the legs it shares with them."""
+    keep = [k for k in range(len(eq.inputs)) if k not in peel]
+    held = {i for k in keep for i in eq.inputs[k]}
+    peeled = [i for k in peel for i in eq.inputs[k]]
+    open_legs = tuple(dict.fromkeys([i for i in eq.output if i in held] + [i for i in peeled if i in held]))
     rest = Equation([eq.inputs[k] for k in keep], open_legs, dict(eq.size_dict), [eq.sources[k] for k in keep])
-    return rest, final
+    return rest, open_legs
