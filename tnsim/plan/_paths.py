@@ -10,6 +10,9 @@ values, so they are searched once and reused for every checkpoint.
   :data:`REFINE_FLOPS`, then a hyper-optimisation (greedy + label propagation, 16 trials)
   above :data:`HYPER_FLOPS`. All with ``parallel=False`` (process pools cost more than they
   save on small machines).
+* Isomorphic networks share a path (:mod:`tnsim.plan._classes`): a network whose tensors
+  and indices match one searched before reuses its path (checked to cost the same), so the
+  orbits of a comparison cost one search per shape class, not one per orbit.
 * Disk cache: one JSON file per structure under :func:`cache_dir` (default
   ``~/.cache/tnsim/paths``, or ``$TNSIM_CACHE_DIR/paths``); delete the folder, or call
   :func:`clear_cache`, to clear it. A warm start skips the search entirely. The cache keeps at
@@ -33,6 +36,7 @@ import cotengra as ctg
 
 from .. import _caches
 from .._memory import SLICE_OVERHEAD, check_allocation, memory_limit, set_memory_limit, slice_overhead
+from ._classes import remember, structure_class, transferred
 
 __all__ = [
     "find_tree",
@@ -141,26 +145,31 @@ def _key(inputs, output, size_dict) -> str:
     return hashlib.sha1(canon.encode()).hexdigest()
 
 
-#: a greedy path of at most this many flops is taken as it is (a search costs milliseconds,
-#: such a contraction microseconds) ...
-QUICK_FLOPS = 1e5
+#: a greedy path of at most this many flops is taken as it is: such a contraction runs in
+#: about a millisecond or less, so a search (about ten milliseconds for twenty tensors) could
+#: save less than it costs unless the path were reused many times (measured on the
+#: two-score-pair attention layer's 977 orbits, average 1.3e6 flops: cold 15.7 s -> 2.4 s,
+#: flops 1 % higher)
+QUICK_FLOPS = 3e6
 #: search harder when the quick path costs more than this many flops ...
 REFINE_FLOPS = 1e6
 #: ... and harder still (hyper-optimisation) above this
 HYPER_FLOPS = 1e8
 
 
-def _search(inputs, output, size_dict, quick_ok: bool = True):
+def _quick(inputs, output, size_dict):
+    """The greedy path, if it is cheap enough to keep as it is (else ``None``)."""
+    quick = ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+    return quick if quick.total_flops() <= QUICK_FLOPS else None
+
+
+def _search(inputs, output, size_dict):
     """Tiered search: spend search time in proportion to what the contraction will cost.
 
     Doubled networks are numerous and mostly cheap, but pairings that mix subtrees have large
     treewidth, where a quick random-greedy path can be 50x worse than a careful one (measured
     on depth-3 networks: 1.4e9 vs 2.6e7 flops).
     """
-    if quick_ok:
-        quick = ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
-        if quick.total_flops() <= QUICK_FLOPS:
-            return quick  # searching longer than the contraction runs cannot pay
     if len(inputs) <= OPTIMAL_CUTOFF:
         return ctg.array_contract_tree(inputs, output, size_dict, optimize="optimal")
     opt = ctg.RandomGreedyOptimizer(max_repeats=32, parallel=False, seed=0)
@@ -199,7 +208,7 @@ def _canonical(inputs, output, size_dict):
 def careful_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     """A freshly searched tree without the quick greedy shortcut (and not cached): for a
     contraction whose quick path cannot be sliced under the memory limit."""
-    return _search(*_canonical(inputs, output, size_dict), quick_ok=False)
+    return _search(*_canonical(inputs, output, size_dict))
 
 
 def _read_cached(key: str, inputs, output, size_dict) -> ctg.ContractionTree | None:
@@ -223,13 +232,22 @@ def known_or_greedy_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     inputs, output, size_dict = _canonical(inputs, output, size_dict)
     key = _key(inputs, output, size_dict)
     tree = _MEMORY.get(key) or _read_cached(key, inputs, output, size_dict)
-    return tree or ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+    if tree is not None:
+        return tree
+    greedy = ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+    if greedy.total_flops() <= QUICK_FLOPS:
+        return greedy  # what find_tree would keep
+    return transferred(*structure_class(inputs, output, size_dict), inputs, output, size_dict) or greedy
 
 
 def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     """A contraction tree for the network, from memory, disk, or a fresh search.
 
-    The tree is built on canonical index names; contract it with arrays in input order.
+    In that order: memory, the disk cache, the greedy path if it costs at most
+    :data:`QUICK_FLOPS` (kept in memory only: it is cheaper to find again than to store), the
+    path of an isomorphic network searched before (:mod:`tnsim.plan._classes`), a search
+    (stored on disk). The tree is built on canonical index names; contract it with arrays in
+    input order.
     """
     inputs, output, size_dict = _canonical(inputs, output, size_dict)
     key = _key(inputs, output, size_dict)
@@ -239,7 +257,13 @@ def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     path_file = cache_dir() / f"{key}.json"
     tree = _read_cached(key, inputs, output, size_dict)
     if tree is None:
-        tree = _search(inputs, output, size_dict)
+        tree = _quick(inputs, output, size_dict)
+    if tree is None:
+        shape_key, graph = structure_class(inputs, output, size_dict)
+        tree = transferred(shape_key, graph, inputs, output, size_dict)  # an isomorphic one's
+        if tree is None:
+            tree = _search(inputs, output, size_dict)
+            remember(shape_key, graph, tree)
         try:
             path_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = path_file.with_suffix(".tmp")
