@@ -94,6 +94,34 @@ def test_read_through_changes_no_value(measure, monkeypatch):
         assert r == pytest.approx(p, rel=1e-10)
 
 
+@pytest.mark.parametrize("measure", ["tensor", "gaussian"])
+def test_diagonal_readers_scale_and_change_no_value(measure, monkeypatch):
+    """A residual's reader is a diagonal matrix (the identity off the pad coordinate): its
+    block is the state piece scaled along one leg, not a matrix product (single models and
+    stacks alike)."""
+    import tnsim.plan._readers as readers
+
+    a, b = lm(5), lm(6)
+    found = []
+    real = readers._diagonal
+
+    def spy(*args):
+        out = real(*args)
+        found.append(out is not None)
+        return out
+
+    monkeypatch.setattr(readers, "_diagonal", spy)
+    skipped = values(a, b, measure)
+    matrix = tnsim.similarity_matrix([a, b], measure=measure, method="recursive", block_size=2, progress=False)
+    assert any(found) and not all(found)  # W_Q, W_K, W_V multiplied; the residual's x scaled
+    monkeypatch.setattr(readers, "_diagonal", lambda *args: None)
+    tnsim.clear_cache(disk=False)
+    multiplied = values(a, b, measure)
+    for s, m in zip(skipped, multiplied):
+        assert s == pytest.approx(m, rel=1e-10)
+    assert float(matrix[0, 1]) == pytest.approx(multiplied[2], rel=1e-9)
+
+
 def test_read_through_in_a_matrix_of_stacks():
     """Model stacks (batch axes on readers and states) give the pairwise values."""
     models = [lm(s) for s in range(3)]

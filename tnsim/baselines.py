@@ -125,7 +125,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, outputs, label: str = "mod
 
 
 def _gaussian_factor(mean, cov, d: int):
-    """``(mean, A)`` with ``A @ A.T == cov`` for sampling :math:`\mathcal N(\text{mean},
+    r"""``(mean, A)`` with ``A @ A.T == cov`` for sampling :math:`\mathcal N(\text{mean},
     \text{cov})` in ``d`` dimensions, checked like the exact measure checks them.
 
     Cholesky when ``cov`` is positive definite, else (positive semi-definite but singular) the

@@ -79,6 +79,19 @@ def _readers(term) -> list[int] | None:
     return out if len(set(out)) == len(out) else None
 
 
+def _diagonal(inds: tuple[str, ...], leg: str, x: torch.Tensor, batch) -> tuple[str, torch.Tensor] | None:
+    r"""``(other leg, d)`` for a reader that is a diagonal matrix :math:`\mathrm{diag}(d)` (a
+    residual's identity, without the pad coordinate and scaled by normalisation), whose product
+    with a block only scales the block's leg by ``d``; ``None`` for any other reader."""
+    off = 0 if batch is None else 1
+    if len(inds) != 2 or x.dim() != 2 + off or x.shape[-1] != x.shape[-2] or x.device.type == "meta":
+        return None
+    d = torch.diagonal(x, dim1=-2, dim2=-1)
+    if not torch.equal(x, torch.diag_embed(d)):
+        return None
+    return (inds[0] if inds[1] == leg else inds[1]), d
+
+
 def _read_term(term, readers: list[int], arrays) -> tuple[ReadTerm, list[list[str]]]:
     """The term without its readers, and per copy the legs its blocks keep."""
     rest = [i for i in range(len(term.inds)) if i not in readers]
@@ -160,7 +173,12 @@ class ReadKernel(Kernel):
             if c < term.degree:
                 legs = [f"{k}:{leg}" for leg in term.copies[c]]
                 r = self.readers[si][c]
-                add(pre + tuple(f"{k}:{i}" for i in term.inds[r]), self.arrays[si][r])
+                diagonal = _diagonal(term.inds[r], legs[-1][len(f"{k}:"):], self.arrays[si][r], term.batch)
+                if diagonal is None:
+                    add(pre + tuple(f"{k}:{i}" for i in term.inds[r]), self.arrays[si][r])
+                else:  # a diagonal reader (a residual's x): the piece's leg is scaled, not mapped
+                    legs[-1] = f"{k}:{diagonal[0]}"
+                    add(pre + (legs[-1],), diagonal[1])
                 out += [f"{k}:{leg}" for leg in self.kept[si][c]]
             else:  # a virtual copy: its pad vector
                 rank = len(self.base.spaces[LABELS[si]].shape)
