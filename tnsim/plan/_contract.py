@@ -25,6 +25,7 @@ from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
 from ._execute import execute
+from ._masked import masked_plan, run_masked
 from ._peel import candidates, split, split_like
 from ._readers import read_through
 
@@ -98,6 +99,7 @@ class Contraction:
     equation: Equation
     tree: object
     sliced: dict = field(default_factory=dict)  # (limit, itemsize) -> sliced tree or None
+    masked: dict = field(default_factory=dict)  # mask pattern -> MaskedPlan or None
 
     @property
     def flops(self) -> float:
@@ -329,11 +331,13 @@ def contract_pairings(
         reps = bar(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
     for rep, size, blocks in reps:
         con = planned(sides, kernel, open_outputs, rep, blocks) if peel is None else peel.rest(rep)
-        if stats is not None:
-            _record(stats, con, itemsize)
         ops = gather(con.equation, sides, arrays, kernel, like)
         ops = [x.to(dtype) for x in ops]
-        value = run(con, ops, itemsize).to(torch.float64) * size
+        masked = masked_plan(con, ops, itemsize)  # a causal mask, contracted over its support
+        if stats is not None:
+            _record(stats, con, itemsize, flops=None if masked is None else masked.flops)
+        value = (run(con, ops, itemsize) if masked is None else run_masked(masked, con.equation, ops))
+        value = value.to(torch.float64) * size
         total = value if total is None else total + value
     if total is not None and peel is not None:  # the shared tensors, applied once
         if stats is not None:
@@ -423,9 +427,10 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     return _zero(shape, like)
 
 
-def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0) -> None:
+def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0, flops: float | None = None) -> None:
     """Add one contraction's cost (as it would run: sliced if need be) to ``stats``; ``weight``
-    counts it as that many contractions (a sample standing for its term pair's orbits)."""
+    counts it as that many contractions (a sample standing for its term pair's orbits);
+    ``flops``: what it runs instead (a masked contraction's rows)."""
     tree = fitted(con, itemsize)
     stats["contractions"] = stats.get("contractions", 0) + weight
     stats["unsliced_max_size"] = max(stats.get("unsliced_max_size", 0.0), con.max_size)
@@ -435,7 +440,7 @@ def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0) -
     elif tree is not con.tree:
         stats["sliced"] = stats.get("sliced", 0) + weight
         stats["slices"] = max(stats.get("slices", 1), int(tree.nslices))
-    stats["flops"] = stats.get("flops", 0.0) + weight * float(tree.total_flops())
+    stats["flops"] = stats.get("flops", 0.0) + weight * (float(tree.total_flops()) if flops is None else flops)
     stats["max_size"] = max(stats.get("max_size", 0.0), float(tree.max_size()))
     stats.setdefault("optimizers", set()).add(paths.optimizer_name(len(con.equation.inputs)))
     if "paths" in stats:

@@ -1,0 +1,202 @@
+r"""Masked contractions: contract a sparse position mask row by row, over its support only.
+
+A causal attention layer carries its mask :math:`M_{ts}` (:math:`s \le t`) into every orbit
+of a comparison; as a dense tensor it lets every key position :math:`s` meet every query
+position :math:`t`. Contracted row by row — :math:`t` fixed, :math:`s` restricted to the row's
+support :math:`S_t = \{s : M_{ts} \ne 0\}`, the row's values a vector on :math:`s` —
+
+.. math::
+    \sum_{t,s} M_{ts}\, F(t, s) = \sum_t \sum_{s \in S_t} M_{ts}\, F(t, s),
+
+the work falls to :math:`\sum_t |S_t| / (T S)` of the dense contraction: 10/16 for a causal
+mask over 4 positions, :math:`(10/16)^2` for an orbit that holds both models' masks (all
+combinations of rows are contracted, each with its own cached path). The rows' contractions
+are smaller tensors too, so less memory traffic.
+
+A *mask* is an input with exactly two indices of size above one, at most
+:data:`MAX_ELEMENTS` entries of which at most
+:data:`MAX_DENSITY` of its entries non-zero, and indices that no other mask holds; the looped
+index may be an output (each row fills its slice), the restricted one may not. It pays only
+for large contractions (one call per row combination): below :data:`MIN_FLOPS`, or when the
+rows' planned flops save less than :data:`MIN_GAIN`, the dense tree runs. Values are exact:
+only structural zeros are skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from .._memory import check_allocation, memory_limit
+from . import _paths as paths
+from ._execute import execute
+
+__all__ = ["MaskedPlan", "masked_plan", "run_masked", "MIN_FLOPS", "MAX_DENSITY", "MAX_ELEMENTS", "MIN_GAIN"]
+
+#: Only contractions of at least this many flops are masked (a row costs a few torch calls).
+MIN_FLOPS = 1e8
+#: Largest fraction of non-zero entries for an input to count as a mask.
+MAX_DENSITY = 0.75
+#: Largest mask (entries): position masks are small; weight matrices are never masks.
+MAX_ELEMENTS = 4096
+#: Least fraction of the dense flops the rows must save.
+MIN_GAIN = 0.2
+
+_PATTERNS: dict = {}  # id(array) -> (weakref, pattern): masks are constants, read once
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """Input ``k`` as a mask: looped index ``t`` (axis of ``k``), restricted index ``s``, and
+    per row of ``t`` the support on ``s``."""
+
+    k: int
+    t: str
+    s: str
+    rows: tuple[tuple[int, ...], ...]
+
+
+@dataclass
+class MaskedPlan:
+    """The rows of a masked contraction: per combination of looped rows, the sub-network's
+    tree and how each input is cut (see :func:`run_masked`)."""
+
+    masks: tuple[_Mask, ...]
+    combos: list  # [(rows, tree, [(input k, [(axis, row or support)])], out_index)]
+    flops: float
+
+
+def _matrix(x: torch.Tensor, inds, m_t: str, m_s: str, sizes) -> torch.Tensor:
+    """A mask input as its ``(t, s)`` matrix (its other axes have size one)."""
+    a, b = [i for i in inds if sizes[i] > 1]
+    matrix = x.reshape(sizes[a], sizes[b])
+    return matrix if a == m_t else matrix.T
+
+
+def _pattern(x: torch.Tensor, matrix: torch.Tensor, key) -> tuple[tuple[int, ...], ...]:
+    """Per row of ``matrix`` (a view of ``x``), the columns of its non-zero entries; cached per
+    array, so a constant mask is read to the host once, not once per orbit."""
+    hit = _PATTERNS.get((id(x), key))
+    if hit is not None and hit[0]() is x:
+        return hit[1]
+    nz = (matrix != 0).cpu()
+    pattern = tuple(tuple(int(j) for j in torch.nonzero(row).flatten()) for row in nz)
+    _PATTERNS[(id(x), key)] = (weakref.ref(x), pattern)
+    if len(_PATTERNS) > 4096:
+        for k in [k for k, (ref, _) in _PATTERNS.items() if ref() is None]:
+            del _PATTERNS[k]
+    return pattern
+
+
+def _masks(equation, arrays) -> list[_Mask]:
+    sizes, output = equation.size_dict, set(equation.output)
+    found, used = [], set()
+    for k, (inds, x) in enumerate(zip(equation.inputs, arrays)):
+        big = [i for i in inds if sizes[i] > 1]
+        if len(big) != 2 or x.numel() > MAX_ELEMENTS or x.device.type == "meta" or used & set(big):
+            continue
+        a, b = big
+        if a in output and b in output:
+            continue
+        t, s = (a, b) if b not in output else (b, a)  # s (restricted) is never an output
+        pattern = _pattern(x, _matrix(x, inds, t, s, sizes), t == a)
+        nonzero = sum(len(r) for r in pattern)
+        if nonzero > MAX_DENSITY * sizes[t] * sizes[s] or nonzero == 0:
+            continue
+        found.append(_Mask(k, t, s, pattern))
+        used |= {t, s}
+    return found
+
+
+def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit) -> MaskedPlan | None:
+    """The row-by-row plan over ``masks`` (other masks stay dense inputs), or ``None`` if a
+    row's contraction would not fit the memory limit."""
+    drop = {m.k for m in masks}
+    combos, total = [], 0.0
+    for rows in itertools.product(*[range(len(m.rows)) for m in masks]):
+        fixed = {m.t: r for m, r in zip(masks, rows)}
+        support = {m.s: m.rows[r] for m, r in zip(masks, rows)}
+        if any(not cols for cols in support.values()):
+            continue  # an empty row contributes nothing
+        inputs, cuts, sizes = [], [], dict(eq.size_dict)
+        for s, cols in support.items():
+            sizes[s] = len(cols)
+        for k, inds in enumerate(eq.inputs):
+            if k in drop:
+                continue
+            cut = [(a, fixed[i]) for a, i in enumerate(inds) if i in fixed]
+            cut += [(a, support[i]) for a, i in enumerate(inds) if i in support]
+            inputs.append(tuple(i for i in inds if i not in fixed))
+            cuts.append((k, cut))
+        for m, r in zip(masks, rows):  # the row's values, a vector on s
+            inputs.append((m.s,))
+            cuts.append((m.k, [("row", r, m.rows[r], m.t, m.s)]))
+        output = tuple(i for i in eq.output if i not in fixed)
+        tree = paths.find_tree(inputs, output, sizes)
+        if limit is not None and tree.max_size() * itemsize > limit:
+            return None  # the dense tree knows how to slice
+        combos.append((rows, tree, cuts, tuple(fixed.get(i, slice(None)) for i in eq.output)))
+        total += float(tree.total_flops())
+    return MaskedPlan(masks, combos, total)
+
+
+def masked_plan(contraction, arrays, itemsize: int) -> MaskedPlan | None:
+    """How to run ``contraction`` row by row over (some of) its masks, or ``None`` where the
+    dense tree is cheaper or the contraction too small. Every non-empty set of its masks is
+    planned (looping over fewer masks recomputes less of what does not depend on them) and
+    the cheapest kept; decided once per contraction and mask pattern."""
+    eq = contraction.equation
+    if contraction.flops < MIN_FLOPS:
+        return None
+    masks = _masks(eq, arrays)
+    key = tuple((m.k, m.t, m.s, m.rows) for m in masks)
+    cache = contraction.masked
+    if key in cache:
+        return cache[key]
+    best, limit = None, memory_limit()
+    for n in range(len(masks), 0, -1):
+        for subset in itertools.combinations(masks, n):
+            plan = _rows(eq, subset, itemsize, limit)
+            if plan is not None and (best is None or plan.flops < best.flops):
+                best = plan
+    if best is not None and best.flops > (1 - MIN_GAIN) * contraction.flops:
+        best = None
+    cache[key] = best
+    return best
+
+
+def _cut(x: torch.Tensor, cut) -> torch.Tensor:
+    """An input restricted to one row combination: fixed axes selected, supports taken."""
+    for axis, what in sorted(cut, key=lambda c: -c[0]):  # from the last axis: positions stay valid
+        if isinstance(what, int):
+            x = x.select(axis, what)
+        elif list(what) == list(range(what[0], what[0] + len(what))):
+            x = x.narrow(axis, what[0], len(what))  # a contiguous support: a view
+        else:
+            x = x.index_select(axis, torch.as_tensor(what, device=x.device))
+    return x
+
+
+def run_masked(plan: MaskedPlan, equation, arrays: list[torch.Tensor]) -> torch.Tensor:
+    """Contract row combination by row combination (see :class:`MaskedPlan`)."""
+    sizes = equation.size_dict
+    shape = [sizes[i] for i in equation.output]
+    like = arrays[0]
+    check_allocation(shape, like.element_size(), "a contraction's result")
+    out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    masks = {m.k: m for m in plan.masks}
+    for _, tree, cuts, out_index in plan.combos:
+        ops = []
+        for k, cut in cuts:
+            if cut and cut[0][0] == "row":  # a mask: its row's values on the support
+                _, r, cols, t, s = cut[0]
+                matrix = _matrix(arrays[k], equation.inputs[k], t, s, sizes)
+                ops.append(matrix[r].index_select(0, torch.as_tensor(cols, device=matrix.device)))
+            else:
+                ops.append(_cut(arrays[k], cut))
+        out[out_index] += execute(tree, ops).to(out.dtype)
+    return out
