@@ -7,8 +7,8 @@ resident memory next to it:
   two-score-pair form: one exact Gaussian ``tnsim.similarity`` cold (empty path cache) and
   warm (new checkpoints of the same architecture), against a Monte Carlo estimate of the same
   cosine to standard error 1e-3 timed in the same process (the ratio is MC / exact warm);
-* residual bilinear stacks of depth 6 and 12 (d 32, hidden 64, biases): compile time and one
-  recursive ``similarity`` per measure (best of 3 warm);
+* residual bilinear stacks of depth 2, 6 and 12 (d 32, hidden 64, biases): compile time and
+  one recursive ``similarity`` per measure, cold (empty path cache) and best of 3 warm;
 * the exact depth-3 Gaussian with biases (``exact_depth.py``'s model), warm, timed on random
   orbits and scaled to all of them (as ``exact_depth.py`` does).
 
@@ -68,6 +68,7 @@ def stack(depth: int, seed: int) -> torch.nn.Module:
 
 def depth_figure(depth: int, repeats: int) -> dict:
     torch.set_num_threads(1)
+    isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))  # the first pair is cold
     t = time.perf_counter()
     a, b = tnsim.compile(stack(depth, 1)), tnsim.compile(stack(depth, 2))
     compile_s = (time.perf_counter() - t) / 2
@@ -126,7 +127,7 @@ def main() -> None:
               f"MC {r['mc_estimate']:.4f} ± {r['mc_se']:.1e}, {r['mc_samples']} samples) "
               f"| {r['cold_s']:.2f} s | {r['warm_s']:.3f} s | MC {r['mc_s']:.2f} s "
               f"| {r['ratio']:.1f}× | {peak:.0f} MiB |", flush=True)
-    for depth in (6, 12) if "depth" in args.only else ():
+    for depth in (2, 6, 12) if "depth" in args.only else ():
         r, peak = in_child(depth_figure, depth, repeats)
         rows[f"depth_{depth}"] = r | {"peak_mib": peak}
         for measure in ("tensor", "gaussian"):

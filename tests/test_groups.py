@@ -106,3 +106,32 @@ def test_unaffordable_partial_matchings_are_refused_before_any_is_listed(monkeyp
         groups_module.matching_orbits(12, [], partial=True, limit=1000)
     # 12 points, no symmetry: the telephone number T(12) = 140152 partial matchings in all
     assert groups_module.count_matchings(12, True) == 140152
+
+
+def test_cycle_type_histogram_counts_every_element_by_hand():
+    """The vectorised cycle-type histogram (Burnside's counts) against listing the group and
+    following each element's cycles one by one."""
+    import collections
+
+    import numpy as np
+
+    from tnsim.ir import _groups
+
+    def by_hand(p):
+        seen, lengths = set(), collections.Counter()
+        for i in range(len(p)):
+            if i in seen:
+                continue
+            j, n = i, 0
+            while j not in seen:
+                seen.add(j)
+                j, n = p[j], n + 1
+            lengths[n] += 1
+        return tuple(sorted(lengths.items()))
+
+    rng = np.random.default_rng(0)
+    cases = [(4, [(1, 0, 2, 3), (0, 1, 3, 2)]), (6, [(1, 2, 0, 3, 4, 5), (3, 4, 5, 0, 1, 2)]),
+             (7, [tuple(int(i) for i in rng.permutation(7)) for _ in range(2)]), (5, []), (0, [])]
+    for n, gens in cases:
+        want = collections.Counter(by_hand(list(g)) for g in _groups.closure(gens, n))
+        assert _groups._type_histogram(gens, n) == want

@@ -129,3 +129,23 @@ def test_masked_orbits_change_no_similarity(measure, monkeypatch):
     monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
     tnsim.clear_cache(disk=False)
     assert got == pytest.approx(values(), rel=1e-10)
+
+
+def test_cost_prices_the_masked_rows(monkeypatch):
+    """tnsim.cost plans what runs: with every orbit planned, its flops are the run's, rows
+    included, and below what the dense trees cost (two causal layers, recursive: the
+    crossing pairings hold both models' masks)."""
+    monkeypatch.setattr(masked, "MIN_FLOPS", 0)
+    monkeypatch.setattr(masked, "MIN_GAIN", 0.0)  # any saving
+    torch.manual_seed(1)
+    make = lambda: torch.nn.Sequential(  # noqa: E731
+        tnsim.nn.BilinearAttention(16, 4, n_heads=2, residual=True),
+        tnsim.nn.BilinearAttention(16, 4, n_heads=2, residual=True),
+    ).double()
+    a, b = make(), make()
+    ran = tnsim.compare(a, b, measure="tensor", method="recursive").cost
+    est = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
+    assert est.flops == pytest.approx(ran.flops, rel=1e-12)
+    monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
+    dense = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
+    assert est.flops < 0.8 * dense.flops

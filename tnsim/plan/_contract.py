@@ -25,6 +25,7 @@ from ..errors import UnaffordableError
 from ..ir._term import Term
 from . import _paths as paths
 from ._execute import execute
+from . import _masked
 from ._masked import masked_plan, run_masked
 from ._peel import candidates, split, split_like
 from ._readers import read_through
@@ -233,6 +234,9 @@ PEEL_GAIN = 0.05
 #: Most orbits of one term pair considered for peeling (each orbit's equation is built to
 #: check that they line up).
 PEEL_MAX_ORBITS = 2048
+#: ... in a cost estimate (which then prices larger term pairs unpeeled, from above: building
+#: every orbit's equation of a composed model's term pair took minutes)
+PEEL_MAX_ESTIMATE = 64
 #: Largest orbit sum kept open for peeling (bytes; it is held while the orbits run).
 PEEL_MAX_BYTES = 2**28
 
@@ -256,7 +260,7 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
     """The peeling of this term pair's orbits, or ``None`` where it does not pay (decided once
     per structure from planned flops: ``n`` peeled orbits plus the final contraction against
     ``n`` whole orbits, the first orbit standing for all)."""
-    if not 2 <= len(reps) <= PEEL_MAX_ORBITS:
+    if not 2 <= len(reps) <= (PEEL_MAX_ESTIMATE if estimate else PEEL_MAX_ORBITS):
         return None
     key = (structure_key(sides, kernel, open_outputs), tuple(rep for rep, _, _ in reps))
     if key in _PEELS:
@@ -325,7 +329,7 @@ def contract_pairings(
             sides, kernel, arrays = read
     peel = peeling(sides, kernel, open_outputs, reps, estimate=bool(dry) and dry[1] is not None)
     if dry:
-        return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, dry[1], peel)
+        return _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, dry[1], peel, arrays)
     total = None
     if len(reps) >= PROGRESS_MIN_ORBITS and not _QUIET.get():
         reps = bar(reps, desc="exact orbits", unit="contraction", delay=PROGRESS_DELAY, leave=False)
@@ -388,7 +392,8 @@ def _counted(sides, kernel, open_outputs, stats, itemsize, like) -> torch.Tensor
     return _zero(shape, like)
 
 
-def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None, peel=None) -> torch.Tensor:
+def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int | None, peel=None,
+         arrays=None) -> torch.Tensor:
     """Cost ``reps`` without contracting: plan a spread sample of ``samples`` of them (all if
     ``None``), scale by the count.
 
@@ -415,7 +420,8 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
         else:
             con = peel.rest(rep, estimate=samples < len(reps) or quick)
         if stats is not None:
-            _record(stats, con, itemsize, weight)
+            masked = _masked_flops(con, sides, arrays, kernel, like, itemsize, samples < len(reps) or quick)
+            _record(stats, con, itemsize, weight, flops=masked)
     if peel is not None:
         con = peel.final
         if stats is not None:
@@ -425,6 +431,15 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     shape = [con.equation.size_dict[i] for i in con.equation.output]
     check_allocation(shape, 8, "a contraction's result")
     return _zero(shape, like)
+
+
+def _masked_flops(con: Contraction, sides, arrays, kernel, like, itemsize: int, estimate: bool) -> float | None:
+    """What a contraction costs run row by row over its masks (``None``: it runs dense). The
+    masks are term tensors, real in a dry run too; stand-ins are never taken for masks."""
+    if arrays is None or con.flops < _masked.MIN_FLOPS:
+        return None
+    masked = masked_plan(con, gather(con.equation, sides, arrays, kernel, like), itemsize, estimate)
+    return None if masked is None else masked.flops
 
 
 def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0, flops: float | None = None) -> None:

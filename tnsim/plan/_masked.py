@@ -35,7 +35,7 @@ from .._memory import check_allocation, memory_limit
 from . import _paths as paths
 from ._execute import execute
 
-__all__ = ["MaskedPlan", "masked_plan", "run_masked", "MIN_FLOPS", "MAX_DENSITY", "MAX_ELEMENTS", "MIN_GAIN"]
+__all__ = ["MaskedPlan", "masked_plan", "run_masked", "MIN_FLOPS", "MAX_DENSITY", "MAX_ELEMENTS", "MAX_LOOPED", "MAX_COMBOS", "MAX_MASKS", "MIN_GAIN"]
 
 #: Only contractions of at least this many flops are masked (a row costs a few torch calls).
 MIN_FLOPS = 1e8
@@ -43,6 +43,13 @@ MIN_FLOPS = 1e8
 MAX_DENSITY = 0.75
 #: Largest mask (entries): position masks are small; weight matrices are never masks.
 MAX_ELEMENTS = 4096
+#: At most this many masks are looped together (an orbit of composed layers holds one per
+#: copy: every subset would be exponentially many), and at most this many row combinations.
+MAX_LOOPED = 2
+MAX_COMBOS = 64
+#: Contractions holding more masks than this run dense (planning their subsets would cost
+#: more than it saves).
+MAX_MASKS = 4
 #: Least fraction of the dense flops the rows must save.
 MIN_GAIN = 0.2
 
@@ -112,9 +119,11 @@ def _masks(equation, arrays) -> list[_Mask]:
     return found
 
 
-def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit) -> MaskedPlan | None:
+def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit, estimate: bool = False) -> MaskedPlan | None:
     """The row-by-row plan over ``masks`` (other masks stay dense inputs), or ``None`` if a
-    row's contraction would not fit the memory limit."""
+    row's contraction would not fit the memory limit (``estimate``: rows get known or greedy
+    paths, never a search, as in :func:`tnsim.plan._contract.plan`)."""
+    find = paths.known_or_greedy_tree if estimate else paths.find_tree
     drop = {m.k for m in masks}
     combos, total = [], 0.0
     for rows in itertools.product(*[range(len(m.rows)) for m in masks]):
@@ -136,7 +145,7 @@ def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit) -> MaskedPlan | No
             inputs.append((m.s,))
             cuts.append((m.k, [("row", r, m.rows[r], m.t, m.s)]))
         output = tuple(i for i in eq.output if i not in fixed)
-        tree = paths.find_tree(inputs, output, sizes)
+        tree = find(inputs, output, sizes)
         if limit is not None and tree.max_size() * itemsize > limit:
             return None  # the dense tree knows how to slice
         combos.append((rows, tree, cuts, tuple(fixed.get(i, slice(None)) for i in eq.output)))
@@ -144,23 +153,30 @@ def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit) -> MaskedPlan | No
     return MaskedPlan(masks, combos, total)
 
 
-def masked_plan(contraction, arrays, itemsize: int) -> MaskedPlan | None:
+def masked_plan(contraction, arrays, itemsize: int, estimate: bool = False) -> MaskedPlan | None:
     """How to run ``contraction`` row by row over (some of) its masks, or ``None`` where the
-    dense tree is cheaper or the contraction too small. Every non-empty set of its masks is
+    dense tree is cheaper or the contraction too small. Every set of at most
+    :data:`MAX_LOOPED` of its masks with at most :data:`MAX_COMBOS` row combinations is
     planned (looping over fewer masks recomputes less of what does not depend on them) and
-    the cheapest kept; decided once per contraction and mask pattern."""
+    the cheapest kept; a contraction with more than :data:`MAX_MASKS` masks (composed layers'
+    orbits) runs dense; decided once per contraction and mask pattern (``estimate``: for a cost
+    estimate, with quick paths, kept apart)."""
     eq = contraction.equation
     if contraction.flops < MIN_FLOPS:
         return None
     masks = _masks(eq, arrays)
-    key = tuple((m.k, m.t, m.s, m.rows) for m in masks)
+    if len(masks) > MAX_MASKS:
+        return None
+    key = (estimate,) + tuple((m.k, m.t, m.s, m.rows) for m in masks)
     cache = contraction.masked
     if key in cache:
         return cache[key]
     best, limit = None, memory_limit()
-    for n in range(len(masks), 0, -1):
+    for n in range(min(len(masks), MAX_LOOPED), 0, -1):
         for subset in itertools.combinations(masks, n):
-            plan = _rows(eq, subset, itemsize, limit)
+            if math.prod(len(m.rows) for m in subset) > MAX_COMBOS:
+                continue
+            plan = _rows(eq, subset, itemsize, limit, estimate)
             if plan is not None and (best is None or plan.flops < best.flops):
                 best = plan
     if best is not None and best.flops > (1 - MIN_GAIN) * contraction.flops:

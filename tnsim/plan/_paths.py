@@ -234,10 +234,7 @@ def known_or_greedy_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     tree = _MEMORY.get(key) or _read_cached(key, inputs, output, size_dict)
     if tree is not None:
         return tree
-    greedy = ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
-    if greedy.total_flops() <= QUICK_FLOPS:
-        return greedy  # what find_tree would keep
-    return transferred(*structure_class(inputs, output, size_dict), inputs, output, size_dict) or greedy
+    return ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
 
 
 def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
