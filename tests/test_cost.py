@@ -216,6 +216,24 @@ def test_disk_cache_is_bounded_and_keeps_recently_used_paths(tmp_path, monkeypat
     tnsim.clear_cache(disk=False)
 
 
+def test_cost_counts_orbits_of_many_copies_without_enumerating_permutations(monkeypatch):
+    """A term pair of more copies than DRY_ENUMERATE_LIMIT allows permutations of is priced
+    from Burnside's count even when its orbits are few (listing would enumerate k! rows); the
+    count equals the listed one here (tensor measure, unpadded: no zero rules)."""
+    a, b = stack2(seed=1), stack2(seed=2)
+    listed = tnsim.cost(a, b, measure="tensor", method="exact")
+    monkeypatch.setattr(contract, "DRY_ENUMERATE_LIMIT", 1)  # even 2! is too many
+    tnsim.clear_cache(disk=False)
+
+    def never(*args):
+        raise AssertionError("orbits were listed")
+
+    monkeypatch.setattr(contract, "live_pairings", never)
+    counted = tnsim.cost(a, b, measure="tensor", method="exact")
+    assert counted.contractions == listed.contractions
+    assert counted.estimated and counted.flops > 0
+
+
 def test_cost_counts_orbits_beyond_the_list_limit_without_listing_them(monkeypatch):
     """Past DRY_LIST_LIMIT orbits a term pair is priced from Burnside's count (no orbit is
     listed); without the zero rules (tensor measure, unpadded) the count equals the listed one,

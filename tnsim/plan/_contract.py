@@ -364,11 +364,17 @@ DRY_SAMPLES = 8
 #: the zero rules); beyond, it prices the count times the aligned pairing's plan, a lower bound
 #: on flops (listing 10^7 orbits took minutes and gigabytes)
 DRY_LIST_LIMIT = 20000
+#: ... and lists bijection orbits only if that enumerates at most this many permutations of
+#: the copies (8!): listing orbits of 9 and more copies enumerates k! rows for every term pair
+#: of a composed model (the two-layer LM's exact estimate spent minutes there), so those are
+#: priced from the count, before the zero rules (an upper bound on the contractions)
+DRY_ENUMERATE_LIMIT = 40320
 _COUNTS = _caches.memo("orbit counts")
 
 
 def _counted(sides, kernel, open_outputs, stats, itemsize, like) -> torch.Tensor | None:
-    """A term pair's estimated cost from its orbit count, or ``None`` if few enough to list."""
+    """A term pair's estimated cost from its orbit count, or ``None`` if few enough to list
+    (:data:`DRY_LIST_LIMIT`, :data:`DRY_ENUMERATE_LIMIT`)."""
     if len(sides) != 2:
         return None
     key = (kernel.scheme, bool(getattr(kernel, "partial", False)), getattr(kernel, "max_block", None),
@@ -381,7 +387,8 @@ def _counted(sides, kernel, open_outputs, stats, itemsize, like) -> torch.Tensor
     n = _COUNTS[key]
     if n is None:
         return None
-    if n <= DRY_LIST_LIMIT:
+    listing = math.factorial(sides[0].degree) if kernel.scheme == "bijections" else 0
+    if n <= DRY_LIST_LIMIT and listing <= DRY_ENUMERATE_LIMIT:
         return None
     con = planned(sides, kernel, open_outputs, ("aligned",), aligned_blocks(sides, kernel), estimate=True)
     if stats is not None:
@@ -433,12 +440,18 @@ def _dry(sides, kernel, open_outputs, reps, stats, itemsize, like, samples: int 
     return _zero(shape, like)
 
 
+_UNRESOLVED = torch.empty((), device="meta")
+
+
 def _masked_flops(con: Contraction, sides, arrays, kernel, like, itemsize: int, estimate: bool) -> float | None:
     """What a contraction costs run row by row over its masks (``None``: it runs dense). The
     masks are term tensors, real in a dry run too; stand-ins are never taken for masks."""
     if arrays is None or con.flops < _masked.MIN_FLOPS:
         return None
-    masked = masked_plan(con, gather(con.equation, sides, arrays, kernel, like), itemsize, estimate)
+    # only term tensors can be masks: the rest stay unresolved (a composed model's kernel
+    # pieces and diagonals are large, and a dry run need not form them)
+    ops = [arrays[src[1]][src[2]] if src[0] == "t" else _UNRESOLVED for src in con.equation.sources]
+    masked = masked_plan(con, ops, itemsize, estimate)
     return None if masked is None else masked.flops
 
 

@@ -35,7 +35,7 @@ from .._memory import check_allocation, memory_limit
 from . import _paths as paths
 from ._execute import execute
 
-__all__ = ["MaskedPlan", "masked_plan", "run_masked", "MIN_FLOPS", "MAX_DENSITY", "MAX_ELEMENTS", "MAX_LOOPED", "MAX_COMBOS", "MAX_MASKS", "MIN_GAIN"]
+__all__ = ["MaskedPlan", "masked_plan", "run_masked", "MIN_FLOPS", "MAX_DENSITY", "MAX_ELEMENTS", "MAX_LOOPED", "MAX_COMBOS", "MAX_MASKS", "ESTIMATE_MAX_INPUTS", "MIN_GAIN"]
 
 #: Only contractions of at least this many flops are masked (a row costs a few torch calls).
 MIN_FLOPS = 1e8
@@ -50,6 +50,9 @@ MAX_COMBOS = 64
 #: Contractions holding more masks than this run dense (planning their subsets would cost
 #: more than it saves).
 MAX_MASKS = 4
+#: A cost estimate prices rows only for networks of at most this many tensors (one layer's
+#: orbits; an estimate does not plan rows of composed models' large networks).
+ESTIMATE_MAX_INPUTS = 32
 #: Least fraction of the dense flops the rows must save.
 MIN_GAIN = 0.2
 
@@ -164,6 +167,8 @@ def masked_plan(contraction, arrays, itemsize: int, estimate: bool = False) -> M
     eq = contraction.equation
     if contraction.flops < MIN_FLOPS:
         return None
+    if estimate and len(eq.inputs) > ESTIMATE_MAX_INPUTS:
+        return None  # a composed model's orbit: priced dense (planning its rows took minutes)
     masks = _masks(eq, arrays)
     if len(masks) > MAX_MASKS:
         return None
