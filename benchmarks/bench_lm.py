@@ -66,7 +66,7 @@ def cost_figure(measure: str, threads: int, n: int) -> dict:
                 contractions=c.contractions)
 
 
-def pair_figure(measure: str, threads: int, exact: bool = True) -> dict:
+def pair_figure(measure: str, threads: int, price_exact: bool = True) -> dict:
     torch.set_num_threads(threads)
     isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
     a, b, c, d = compiled(4)
@@ -78,7 +78,7 @@ def pair_figure(measure: str, threads: int, exact: bool = True) -> dict:
         t = time.perf_counter()
         tnsim.similarity(c, d, measure=measure, method="recursive")
         warm.append(time.perf_counter() - t)
-    if not exact:
+    if not price_exact:
         return dict(value=value, cold_s=cold, warm_s=min(warm))
     t = time.perf_counter()
     try:

@@ -15,6 +15,7 @@ import torch
 import tnsim
 import tnsim.methods._recursive as recursive_module
 import tnsim.plan._contract as contract
+import tnsim.plan._readers as readers
 
 V, D, N = 5, 4, 3
 
@@ -25,6 +26,19 @@ def lm(seed: int, layers: int = 2, positional: bool = True, heads: int = 2) -> t
     return torch.nn.Sequential(
         tnsim.nn.Embedding(V, D, n_ctx=N, positional=positional), *blocks, tnsim.nn.Unembedding(D, V)
     ).double()
+
+
+def spy_returns(monkeypatch, module, name: str) -> list[bool]:
+    """Replace ``module.name`` by a wrapper recording, per call, whether it returned something."""
+    returned, real = [], getattr(module, name)
+
+    def wrapper(*args):
+        out = real(*args)
+        returned.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, name, wrapper)
+    return returned
 
 
 def values(a, b, measure):
@@ -76,15 +90,7 @@ def test_embedding_step_equals_the_fused_layer(measure, monkeypatch):
 def test_read_through_changes_no_value(measure, monkeypatch):
     """Blocks pre-contracted with their readers give the orbit sums of the plain loop."""
     a, b = lm(3), lm(4)
-    used = []
-    real = contract.read_through
-
-    def spy(*args):
-        out = real(*args)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(contract, "read_through", spy)
+    used = spy_returns(monkeypatch, contract, "read_through")
     with_read = values(a, b, measure)
     assert any(used)
     monkeypatch.setattr(contract, "read_through", lambda *args: None)
@@ -99,18 +105,8 @@ def test_diagonal_readers_scale_and_change_no_value(measure, monkeypatch):
     """A residual's reader is a diagonal matrix (the identity off the pad coordinate): its
     block is the state piece scaled along one leg, not a matrix product (single models and
     stacks alike)."""
-    import tnsim.plan._readers as readers
-
     a, b = lm(5), lm(6)
-    found = []
-    real = readers._diagonal
-
-    def spy(*args):
-        out = real(*args)
-        found.append(out is not None)
-        return out
-
-    monkeypatch.setattr(readers, "_diagonal", spy)
+    found = spy_returns(monkeypatch, readers, "_diagonal")
     skipped = values(a, b, measure)
     matrix = tnsim.similarity_matrix([a, b], measure=measure, method="recursive", block_size=2, progress=False)
     assert any(found) and not all(found)  # W_Q, W_K, W_V multiplied; the residual's x scaled

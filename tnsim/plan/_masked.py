@@ -14,8 +14,8 @@ combinations of rows are contracted, each with its own cached path). The rows' c
 are smaller tensors too, so less memory traffic.
 
 A *mask* is an input with exactly two indices of size above one, at most
-:data:`MAX_ELEMENTS` entries of which at most
-:data:`MAX_DENSITY` of its entries non-zero, and indices that no other mask holds; the looped
+:data:`MAX_ELEMENTS` entries, at most :data:`MAX_DENSITY` of them non-zero, and indices that
+no other mask holds; the looped
 index may be an output (each row fills its slice), the restricted one may not. It pays only
 for large contractions (one call per row combination): below :data:`MIN_FLOPS`, or when the
 rows' planned flops save less than :data:`MIN_GAIN`, the dense tree runs. Values are exact:
@@ -76,7 +76,7 @@ class MaskedPlan:
     tree and how each input is cut (see :func:`run_masked`)."""
 
     masks: tuple[_Mask, ...]
-    combos: list  # [(rows, tree, [(input k, [(axis, row or support)])], out_index)]
+    combos: list  # [(tree, [(input k, [(axis, row or support)] or ("row", r))], out_index)]
     flops: float
 
 
@@ -146,12 +146,12 @@ def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit, estimate: bool = F
             cuts.append((k, cut))
         for m, r in zip(masks, rows):  # the row's values, a vector on s
             inputs.append((m.s,))
-            cuts.append((m.k, [("row", r, m.rows[r], m.t, m.s)]))
+            cuts.append((m.k, ("row", r)))
         output = tuple(i for i in eq.output if i not in fixed)
         tree = find(inputs, output, sizes)
         if limit is not None and tree.max_size() * itemsize > limit:
             return None  # the dense tree knows how to slice
-        combos.append((rows, tree, cuts, tuple(fixed.get(i, slice(None)) for i in eq.output)))
+        combos.append((tree, cuts, tuple(fixed.get(i, slice(None)) for i in eq.output)))
         total += float(tree.total_flops())
     return MaskedPlan(masks, combos, total)
 
@@ -210,13 +210,13 @@ def run_masked(plan: MaskedPlan, equation, arrays: list[torch.Tensor]) -> torch.
     check_allocation(shape, like.element_size(), "a contraction's result")
     out = torch.zeros(shape, dtype=like.dtype, device=like.device)
     masks = {m.k: m for m in plan.masks}
-    for _, tree, cuts, out_index in plan.combos:
+    for tree, cuts, out_index in plan.combos:
         ops = []
         for k, cut in cuts:
-            if cut and cut[0][0] == "row":  # a mask: its row's values on the support
-                _, r, cols, t, s = cut[0]
-                matrix = _matrix(arrays[k], equation.inputs[k], t, s, sizes)
-                ops.append(matrix[r].index_select(0, torch.as_tensor(cols, device=matrix.device)))
+            if k in masks:  # a mask: its row's values on the support
+                m, r = masks[k], cut[1]
+                matrix = _matrix(arrays[k], equation.inputs[k], m.t, m.s, sizes)
+                ops.append(matrix[r].index_select(0, torch.as_tensor(m.rows[r], device=matrix.device)))
             else:
                 ops.append(_cut(arrays[k], cut))
         out[out_index] += execute(tree, ops).to(out.dtype)

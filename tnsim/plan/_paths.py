@@ -232,9 +232,7 @@ def known_or_greedy_tree(inputs, output, size_dict) -> ctg.ContractionTree:
     inputs, output, size_dict = _canonical(inputs, output, size_dict)
     key = _key(inputs, output, size_dict)
     tree = _MEMORY.get(key) or _read_cached(key, inputs, output, size_dict)
-    if tree is not None:
-        return tree
-    return ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
+    return tree or ctg.array_contract_tree(inputs, output, size_dict, optimize="greedy")
 
 
 def find_tree(inputs, output, size_dict) -> ctg.ContractionTree:
