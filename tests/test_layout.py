@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import networkx as nx
@@ -67,3 +68,18 @@ def test_packages_only_import_down_the_data_path():
         if pa in PATH and pb in PATH and PATH.index(pb) > PATH.index(pa):
             bad.append((a, b))
     assert not bad, f"imports against the data path: {bad}"
+
+
+def test_sources_compile_without_warnings():
+    """Docstrings with TeX are raw: an invalid escape such as ``\\m`` warns at compile time and
+    becomes an error under ``python -W error`` (future Pythons make it a SyntaxError)."""
+
+    sources = [*ROOT.rglob("*.py"), *(ROOT.parent / "tests").glob("*.py"),
+               *(ROOT.parent / "benchmarks").glob("*.py")]
+    bad = []
+    for path in sources:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compile(path.read_text(), str(path), "exec")
+        bad += [f"{path.name}:{w.lineno}: {w.message}" for w in caught]
+    assert not bad, bad

@@ -275,7 +275,7 @@ def gauss_rule(moments: torch.Tensor, points: int = RULE_POINTS) -> tuple[torch.
 
 
 def _normal_moments(order: int, std: float = 1.0) -> torch.Tensor:
-    """Raw moments :math:`E z^n = (n-1)!!\,\sigma^n` (odd: 0) of :math:`N(0, \sigma^2)`, ``n = 0..order``."""
+    r"""Raw moments :math:`E z^n = (n-1)!!\,\sigma^n` (odd: 0) of :math:`N(0, \sigma^2)`, ``n = 0..order``."""
     return torch.tensor(
         [0.0 if n % 2 else math.prod(range(n - 1, 0, -2)) * std**n for n in range(order + 1)],
         dtype=torch.float64,

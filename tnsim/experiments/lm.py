@@ -333,7 +333,7 @@ def timed(fn, *args, **kwargs) -> tuple[torch.Tensor, float]:
 
 
 def first_layer_matrices(models, tokens) -> dict[str, tuple[torch.Tensor, float]]:
-    """``{label: (matrix, seconds)}`` of :data:`FIRST_LAYER`: the similarity of the models'
+    r"""``{label: (matrix, seconds)}`` of :data:`FIRST_LAYER`: the similarity of the models'
     embeddings (:func:`first_layer`) under the categorical measure ``tokens`` and under
     :math:`\mathcal N(0, I)` (float64, exact)."""
     layer = [first_layer(m) for m in models]

@@ -49,7 +49,7 @@ class Space:
 
 @dataclass(frozen=True, eq=False)
 class Piece:
-    """A kernel tensor attached to the legs of the copies of one block.
+    r"""A kernel tensor attached to the legs of the copies of one block.
 
     ``legs`` names, for each non-batch axis of ``array``, the copy's slot in the block and the
     axis of that copy's space. ``batch`` names the leading batch axes (``'a'`` and/or ``'b'``:
