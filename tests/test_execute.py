@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tnsim.plan import _execute as execute
+from tnsim.plan._contract import _norms
 
 
 def random_network(seed):
@@ -61,3 +62,18 @@ def test_repeated_products_are_computed_once_and_shared_across_calls():
         execute.execute(tree, arrays)
         other = [2 * W, V, 2 * W, V, C, C]
         torch.testing.assert_close(execute.execute(tree, other), 4 * expected)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e25, 1e-25])
+def test_norms_of_float32_arrays_are_float64_norms(scale):
+    """Normalisation sums float32 arrays in float32 where that cannot overflow or underflow,
+    and in float64 where it could (squares of 1e25 overflow float32, of 1e-25 underflow)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 50, 40, generator=g, dtype=torch.float64) * scale).to(torch.float32)
+    want = torch.linalg.vector_norm(x.to(torch.float64))
+    got = _norms(x, False)
+    assert got.dtype == torch.float64 and torch.isfinite(got)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    rows = _norms(x.reshape(3, -1), True)
+    torch.testing.assert_close(rows, torch.linalg.vector_norm(x.reshape(3, -1).to(torch.float64), dim=1),
+                               rtol=1e-6, atol=0)

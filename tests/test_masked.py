@@ -149,3 +149,44 @@ def test_cost_prices_the_masked_rows(monkeypatch):
     monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
     dense = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
     assert est.flops < 0.8 * dense.flops
+
+
+def test_a_mask_between_two_outputs_fills_blocks(always):
+    """Both mask indices open (the tensor metric's position identity between two output
+    positions, a causal mask between two): each row fills the block of its support; a row
+    support that is not a range of positions cannot be a block, so that mask stays dense."""
+    g = torch.Generator().manual_seed(5)
+    inputs, output = ["ts", "tiv", "sjv"], "tisj"
+    sizes = dict(t=4, s=4, i=3, j=2, v=5)
+    operands = [torch.randn([sizes[i] for i in x], generator=g, dtype=torch.float64) for x in inputs[1:]]
+    for mask in (torch.eye(4, dtype=torch.float64), causal(scale=0.5)):
+        arrays = [mask] + operands
+        con = contraction(inputs, output, sizes)
+        masks = masked._masks(con.equation, arrays)
+        assert [(m.t, m.s) for m in masks] == [("t", "s")]
+        plan = masked._rows(con.equation, tuple(masks), 8, None)
+        got = masked.run_masked(plan, con.equation, arrays)
+        torch.testing.assert_close(got, einsum(inputs, output, arrays), rtol=1e-12, atol=1e-12)
+    scattered = torch.tensor([[1.0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    con = contraction(inputs, output, sizes)
+    assert masked._masks(con.equation, [scattered] + operands) == []
+
+
+def test_cost_prices_the_embedding_step_by_position(monkeypatch):
+    """The tensor metric's position identity (a kernel piece, see
+    TensorKernel.linear_parts) is priced as it runs, position by position: the estimate's
+    flops are the run's, and below the dense ones."""
+    monkeypatch.setattr(masked, "MIN_FLOPS", 0)
+    monkeypatch.setattr(masked, "MIN_GAIN", 0.0)
+    torch.manual_seed(2)
+    make = lambda: torch.nn.Sequential(  # noqa: E731
+        tnsim.nn.Embedding(40, 6, n_ctx=3, positional=True),
+        tnsim.nn.BilinearAttention(6, 3, residual=True),
+        tnsim.nn.Unembedding(6, 40),
+    ).double()
+    a, b = make(), make()
+    ran = tnsim.compare(a, b, measure="tensor", method="recursive").cost
+    est = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
+    assert est.flops == pytest.approx(ran.flops, rel=1e-12)
+    monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
+    assert est.flops < tnsim.cost(a, b, measure="tensor", method="recursive", samples=None).flops

@@ -13,6 +13,7 @@ import torch
 from seqmodels import D, N, attention, gaussian_params, rel, run_network
 
 import tnsim
+from tnsim.measures import Space, TensorMeasure, _tensor
 
 RTOL = 1e-10
 
@@ -130,3 +131,52 @@ def test_sequence_shape_mismatch_is_named():
         tnsim.at_positions(tnsim.compile(tnsim.nn.Bilinear(2, 3)), 0)
     with pytest.raises(tnsim.ShapeMismatchError, match="out of range"):
         tnsim.at_positions(tnsim.compile(a), [5])
+
+
+def test_embedding_step_sums_the_metric_parts(monkeypatch):
+    """A vocabulary wider than the model makes the embedding its own recursive step; the tensor
+    metric on padded sequences is then applied as its two parts (positions joined on the real
+    features, the constant on its own), each a cheaper contraction. The value is the brute-force
+    tensor inner product (one attention layer: the hierarchical and the full symmetrisation
+    agree), and the parts are what ran."""
+    used = []
+    whole = _tensor.TensorKernel.linear_parts
+    monkeypatch.setattr(_tensor.TensorKernel, "linear_parts", lambda self: used.append(whole(self)) or used[-1])
+    a, b = token_model(3, vocab=7), token_model(4, vocab=7)
+    Ca, Cb = bs.model_tensor(a, N), bs.model_tensor(b, N)
+    assert rel(tnsim.inner(a, b, measure="tensor", method="recursive"), bs.tensor_inner(Ca, Cb)) < RTOL
+    assert used and all(len(parts) == 2 for parts in used)
+    assert rel(tnsim.similarity(a, b, measure="tensor", method="recursive"),
+               bs.tensor_inner(Ca, Cb) / np.sqrt(bs.tensor_inner(Ca, Ca) * bs.tensor_inner(Cb, Cb))) < 1e-9
+
+
+def test_metric_parts_sum_to_the_metric():
+    """The parts' pieces, materialised over (position, feature) pairs, add up to the metric
+    P[(t,i),(s,j)] = delta_ts [i=j>=1] + [i=0][j=0]."""
+    n, d = 3, 4
+    space = Space((n, d + 1), True)
+    kernel = TensorMeasure().kernel(space, space, torch.zeros((), dtype=torch.float64))
+
+    def dense(pieces):
+        out = torch.ones(n, d + 1, n, d + 1, dtype=torch.float64)
+        idx = {(0, 0): "t", (0, 1): "i", (1, 0): "s", (1, 1): "j"}
+        for p in pieces:
+            legs = "".join(idx[leg] for leg in p.legs)
+            out = out * _broadcast(p.array, legs)
+        return out
+
+    def _broadcast(x, legs):
+        shape = {"t": n, "i": d + 1, "s": n, "j": d + 1}
+        view = [shape[c] if c in legs else 1 for c in "tisj"]
+        order = sorted(range(len(legs)), key=lambda k: "tisj".index(legs[k]))
+        return x.permute(order).reshape(view)
+
+    want = torch.einsum("ts,ij->tisj", torch.eye(n, dtype=torch.float64), torch.diag(torch.tensor([0.0] + [1.0] * d,
+                        dtype=torch.float64)))
+    want[:, 0, :, 0] = 1
+    parts = kernel.linear_parts()
+    assert len(parts) == 2
+    got = sum(dense(p.pair("a", "b")) for p in parts)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    flat = TensorMeasure().kernel(Space((d + 1,), True), Space((d + 1,), True), torch.zeros((), dtype=torch.float64))
+    assert flat.linear_parts() == (flat,)  # no positions: the metric is already one identity

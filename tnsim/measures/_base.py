@@ -145,6 +145,11 @@ class Kernel:
         """
         return False
 
+    def linear_parts(self) -> tuple["Kernel", ...]:
+        """Kernels summing to this one, each cheaper to contract; a pairing with a single copy
+        pair (a linear layer) may be summed over them. The default is the kernel itself."""
+        return (self,)
+
     def seen_from(self, side: str) -> "Kernel":
         """This kernel as a one-sided kernel of ``side`` (single-model expectations)."""
         return _OneSided(self, side)

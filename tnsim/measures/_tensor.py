@@ -75,6 +75,33 @@ class TensorKernel(Kernel):
             self._pair = feature_pieces(m, space_a, space_b, like, identity=same)
         self._pads: dict = {}
         self.structure = ("tensor", space_a, space_b)
+        self._sequence_pad, self._parts = both and space_a.sequence, None
+
+    def linear_parts(self) -> tuple["Kernel", ...]:
+        r"""The metric as a sum of kernels that each keep their structure: for padded sequences
+        :math:`P = \delta_{ts}\,\mathrm{diag}(w) + \mathbf 1\mathbf 1^\top \otimes e_0e_0^\top`
+        (``w`` the real features' indicator), one kernel here otherwise.
+
+        A pairing with one copy pair (a linear layer, no virtual copies) is linear in the
+        metric, so it may be summed part by part; the parts cost :math:`n\,d_a d_b d` and
+        :math:`n\,d` instead of the joined metric's :math:`n^2 d_a d_b d`. Degree :math:`k`
+        pairings are products of :math:`k` metrics and must use the whole one.
+        """
+        if not self._sequence_pad:
+            return (self,)
+        if self._parts is None:
+            space, like = self.spaces["a"], self.like
+            n = space.shape[0]
+            eye = torch.eye(n, dtype=like.dtype, device=like.device)
+            w = real_weights(space, like)
+            ones = torch.ones(n, dtype=like.dtype, device=like.device)
+            join = self._pair[0]  # the features' identity, joined by renaming (never read)
+            # the position identity joins two output positions, so it stays a tensor: the
+            # masked contraction (tnsim.plan._masked) runs it position by position
+            real = (join, Piece(eye, ((0, 0), (1, 0))), Piece(w, ((0, 1),)))
+            const = (Piece(1 - w, ((0, 1),)), Piece(1 - w, ((1, 1),)), Piece(ones, ((0, 0),)), Piece(ones, ((1, 0),)))
+            self._parts = (_Part(self, real, "real"), _Part(self, const, "constant"))
+        return self._parts
 
     def pair(self, s1: str, s2: str):
         return self._pair
@@ -86,3 +113,12 @@ class TensorKernel(Kernel):
 
     def single(self, s: str):
         return None  # every copy is paired
+
+
+class _Part(TensorKernel):
+    """One part of a :meth:`TensorKernel.linear_parts` sum: fixed pair pieces, same flags."""
+
+    def __init__(self, whole: TensorKernel, pieces: tuple[Piece, ...], name: str):
+        self.spaces, self.like, self._pads, self._sequence_pad = whole.spaces, whole.like, {}, False
+        self._pair = pieces
+        self.structure = whole.structure + (name,)

@@ -54,10 +54,14 @@ def sum_term_pairs(
 ) -> Scaled:
     """Sum of :func:`~tnsim.plan._contract.contract_pairings` over all term pairs, with scales.
 
+    ``kernel`` may be a tuple of kernels whose sum is the metric (its
+    :meth:`~tnsim.measures.Kernel.linear_parts`, valid for linear pairings only): every term
+    pair is contracted with each and the values added, the arrays normalised once.
     ``terms_b=None`` computes a single-side Gaussian expectation (means). Returns a
     :class:`Scaled` whose per-model logs are the largest log-norm over each side's terms.
     """
     device = terms_a[0].arrays[0].device if terms_a and terms_a[0].arrays else None
+    parts = kernel if isinstance(kernel, tuple) else (kernel,)
 
     normalise = normalise and not is_dry()  # a dry run reads no values
 
@@ -92,8 +96,9 @@ def sum_term_pairs(
                     w = wa * wb
                 else:
                     w = wa[:, None] * wb[None, :]
-            value = contract_pairings(
-                sides, kernel, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats
+            value = sum(
+                contract_pairings(sides, part, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats)
+                for part in parts
             )
             if is_dry():  # a zero stand-in: keep its shape, skip the arithmetic
                 total = value if total is None else total

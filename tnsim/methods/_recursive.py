@@ -228,6 +228,18 @@ def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out
     )
 
 
+def _linear_step(x: Network, y: Network, kernel, k: int, mode: Mode, dtype, stats) -> Scaled:
+    """:func:`_step` with outputs open, summed over the kernel's
+    :meth:`~tnsim.measures.Kernel.linear_parts` where the pairing is linear in the metric (both
+    layers linear, so no virtual copies); the term variants are chosen for the whole kernel."""
+    virtual = lambda t: k - t.degree  # noqa: E731
+    linear = k == 1 and all(t.degree == 1 for t in (*x.terms, *y.terms))
+    parts = kernel.linear_parts() if linear else (kernel,)
+    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (None, None), open_outputs=True, mode=mode, price=False)
+    return sum_term_pairs(tx, ty, parts, open_outputs=True, mode=mode, virtual_a=virtual, virtual_b=virtual,
+                          dtype=dtype, stats=stats)
+
+
 @dataclass(eq=False)
 class Chain:
     r"""One model (or stack) propagated against itself: what every pair it is in reuses.
@@ -374,7 +386,7 @@ def _tensor_chain(prepared: Prepared, net, layers, close, key, outputs, stats) -
         _check_mixed(layer, k)
         space = _space(layer)
         kernel = make_kernel(measure, layer, layer, like) if index == 0 else _StateTensorKernel(g, roles, space, space)
-        raw = _step(layer, layer, kernel, lambda t, k=k: k - t.degree, mode, dtype, stats)
+        raw = _linear_step(layer, layer, kernel, k, mode, dtype, stats)
         c = _max_abs(raw.mantissa, nb)
         g = (raw.mantissa / _expand(c, raw.mantissa.dim() - nb)).to(dtype)
         # units: raw is in exp(2k*ls + log_a + log_b); renormalise per model
@@ -402,7 +414,7 @@ def _pair_tensor(prepared: Prepared, side_a, side_b, chain_a: Chain, chain_b: Ch
             kernel = make_kernel(measure, la, lb, like)
         else:
             kernel = _StateTensorKernel(g, roles, _space(la), _space(lb))
-        raw = _step(la, lb, kernel, lambda t, k=k: k - t.degree, Mode(), dtype, stats)
+        raw = _linear_step(la, lb, kernel, k, Mode(), dtype, stats)
         before_a, before_b = chain_a.scales[index], chain_b.scales[index]
         after_a, after_b = chain_a.scales[index + 1], chain_b.scales[index + 1]
         log_a = _log(raw.log_a, like) + k * before_a - after_a

@@ -60,6 +60,19 @@ class Scaled:
 # --- normalisation ---------------------------------------------------------------------------
 
 
+def _norms(x: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """Frobenius norms in float64, of all of ``x`` or (``per_row``) of each ``x[i]``. On the
+    CPU a float32 array is summed in its own precision where that neither overflows nor
+    underflows: reading it as float64 first costs a copy, 25x the sum (on a GPU that check
+    would be a host round trip, so float64 it is)."""
+    dim = 1 if per_row else None
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel():
+        n = torch.linalg.vector_norm(x, dim=dim).to(torch.float64)
+        if bool(((n > 1e-15) & (n < 1e15)).all()):
+            return n
+    return torch.linalg.vector_norm(x, dim=dim, dtype=torch.float64)
+
+
 def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Arrays scaled to unit Frobenius norm per model, and the summed log-norms per model.
 
@@ -75,16 +88,10 @@ def normalised(term: Term, dtype: torch.dtype) -> tuple[list[torch.Tensor], torc
             logs.append(n)
             continue
         x = x0.to(dtype)
-        if term.batch is None:
-            n = torch.linalg.vector_norm(x, dtype=torch.float64)
-            n = torch.where(n > 0, n, torch.ones_like(n))
-            arrays.append(x / n.to(dtype))
-            logs.append(torch.log(n))
-        else:
-            n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=torch.float64)
-            n = torch.where(n > 0, n, torch.ones_like(n))
-            arrays.append(x / n.to(dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
-            logs.append(torch.log(n))
+        n = _norms(x, False) if term.batch is None else _norms(x.reshape(x.shape[0], -1), True)
+        n = torch.where(n > 0, n, torch.ones_like(n))
+        arrays.append(x / n.to(dtype).reshape(n.shape + (1,) * (x.dim() - n.dim())))
+        logs.append(torch.log(n))
         done[id(x0)] = (arrays[-1], logs[-1])
     total = torch.stack(logs).sum(0) if logs else torch.zeros((), dtype=torch.float64)
     return arrays, total
@@ -341,8 +348,10 @@ def contract_pairings(
         if stats is not None:
             _record(stats, con, itemsize, flops=None if masked is None else masked.flops)
         value = (run(con, ops, itemsize) if masked is None else run_masked(masked, con.equation, ops))
-        value = value.to(torch.float64) * size
-        total = value if total is None else total + value
+        if total is None:
+            total = value.to(torch.float64) * size
+        else:  # in place, in float64 (an orbit's open outputs can be a whole state)
+            total.add_(value.to(torch.float64), alpha=size)
     if total is not None and peel is not None:  # the shared tensors, applied once
         if stats is not None:
             _record(stats, peel.final, itemsize)
@@ -445,14 +454,24 @@ _UNRESOLVED = torch.empty((), device="meta")
 
 def _masked_flops(con: Contraction, sides, arrays, kernel, like, itemsize: int, estimate: bool) -> float | None:
     """What a contraction costs run row by row over its masks (``None``: it runs dense). The
-    masks are term tensors, real in a dry run too; stand-ins are never taken for masks."""
+    masks are term tensors or small kernel pieces, real in a dry run too; stand-ins are never
+    taken for masks."""
     if arrays is None or con.flops < _masked.MIN_FLOPS:
         return None
-    # only term tensors can be masks: the rest stay unresolved (a composed model's kernel
-    # pieces and diagonals are large, and a dry run need not form them)
-    ops = [arrays[src[1]][src[2]] if src[0] == "t" else _UNRESOLVED for src in con.equation.sources]
+    # only term tensors and small pieces of a plain kernel block (the tensor metric's position
+    # identity) can be masks: the rest stay unresolved (a composed model's kernel pieces and
+    # diagonals are large, and a dry run need not form them)
+    ops = [arrays[src[1]][src[2]] if src[0] == "t" else _small_piece(src, kernel) for src in con.equation.sources]
     masked = masked_plan(con, ops, itemsize, estimate)
     return None if masked is None else masked.flops
+
+
+def _small_piece(src, kernel) -> torch.Tensor:
+    if src[0] != "k" or src[1][0] != "block":
+        return _UNRESOLVED
+    pieces = kernel.block(src[1][1:]) or ()
+    x = pieces[src[2]].array if src[2] < len(pieces) else None
+    return x if x is not None and x.numel() <= _masked.MAX_ELEMENTS else _UNRESOLVED
 
 
 def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0, flops: float | None = None) -> None:

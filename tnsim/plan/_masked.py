@@ -15,8 +15,10 @@ are smaller tensors too, so less memory traffic.
 
 A *mask* is an input with exactly two indices of size above one, at most
 :data:`MAX_ELEMENTS` entries, at most :data:`MAX_DENSITY` of them non-zero, and indices that
-no other mask holds; the looped
-index may be an output (each row fills its slice), the restricted one may not. It pays only
+no other mask holds. Either index may be an output: a row fills its slice of the looped one
+and, for the restricted one, the block of its support, which must then be a range of
+positions in every row (a causal mask's :math:`s \le t`, the diagonal :math:`\delta_{ts}`
+that joins two output positions, see :meth:`tnsim.measures.TensorKernel.linear_parts`). It pays only
 for large contractions (one call per row combination): below :data:`MIN_FLOPS`, or when the
 rows' planned flops save less than :data:`MIN_GAIN`, the dense tree runs. Values are exact:
 only structural zeros are skipped.
@@ -102,6 +104,10 @@ def _pattern(x: torch.Tensor, matrix: torch.Tensor, key) -> tuple[tuple[int, ...
     return pattern
 
 
+def _contiguous(cols: tuple[int, ...]) -> bool:
+    return list(cols) == list(range(cols[0], cols[0] + len(cols))) if cols else True
+
+
 def _masks(equation, arrays) -> list[_Mask]:
     sizes, output = equation.size_dict, set(equation.output)
     found, used = [], set()
@@ -110,13 +116,13 @@ def _masks(equation, arrays) -> list[_Mask]:
         if len(big) != 2 or x.numel() > MAX_ELEMENTS or x.device.type == "meta" or used & set(big):
             continue
         a, b = big
-        if a in output and b in output:
-            continue
-        t, s = (a, b) if b not in output else (b, a)  # s (restricted) is never an output
+        t, s = (a, b) if b not in output or a in output else (b, a)  # prefer an s summed over
         pattern = _pattern(x, _matrix(x, inds, t, s, sizes), t == a)
         nonzero = sum(len(r) for r in pattern)
         if nonzero > MAX_DENSITY * sizes[t] * sizes[s] or nonzero == 0:
             continue
+        if s in output and not all(_contiguous(r) for r in pattern):
+            continue  # a row fills a block of the output: its support must be a range
         found.append(_Mask(k, t, s, pattern))
         used |= {t, s}
     return found
@@ -151,7 +157,12 @@ def _rows(eq, masks: tuple[_Mask, ...], itemsize: int, limit, estimate: bool = F
         tree = find(inputs, output, sizes)
         if limit is not None and tree.max_size() * itemsize > limit:
             return None  # the dense tree knows how to slice
-        combos.append((tree, cuts, tuple(fixed.get(i, slice(None)) for i in eq.output)))
+        out_index = tuple(
+            fixed[i] if i in fixed else slice(support[i][0], support[i][0] + len(support[i])) if i in support
+            else slice(None)
+            for i in eq.output
+        )
+        combos.append((tree, cuts, out_index))
         total += float(tree.total_flops())
     return MaskedPlan(masks, combos, total)
 
