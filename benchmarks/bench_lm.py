@@ -9,7 +9,9 @@ process (peak resident memory next to it), torch threads as given (default 2 = t
   time it reports (:attr:`tnsim.Cost.seconds`);
 * one recursive ``similarity`` pair, cold and warm;
 * a measured sub-matrix of ``--sub`` checkpoints, and the full matrix extrapolated from it by
-  the ratio of the two costs' flops (both from ``tnsim.cost``, same blocks);
+  the ratio of the two costs' flops (both from ``tnsim.cost``, same blocks), and by its parts:
+  the mean time of one model's chain and of one cross chain in that run, times 102 and
+  102 * 101 / 2 (a small sub-matrix is mostly chains, the full one mostly cross chains);
 * the exact method's cost for one pair (estimated, not run).
 
     python benchmarks/bench_lm.py [--quick] [--measures tensor gaussian] [--sub 8] [--skip-exact]
@@ -27,6 +29,7 @@ import torch
 from common import device_name, in_child, isolated_cache, save
 
 import tnsim
+from tnsim.methods import _recursive as recursive
 
 VOCAB, D_MODEL, N_CTX, HEADS, CHECKPOINTS = 4096, 256, 4, 4, 102
 
@@ -91,17 +94,37 @@ def pair_figure(measure: str, threads: int, price_exact: bool = True) -> dict:
     return dict(value=value, cold_s=cold, warm_s=min(warm)) | priced
 
 
+def _timing(times: list, fn):
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t)
+        return out
+    return timed
+
+
 def matrix_figure(measure: str, threads: int, n: int) -> dict:
+    """The sub-matrix, timed whole and (instrumented: the recursive method's per-model chains
+    and cross chains are wrapped with clocks) by its parts, so the full matrix can be
+    extrapolated as ``N * chain + N (N-1) / 2 * pair`` too."""
     torch.set_num_threads(threads)
     isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
     nets = compiled(n)
     c = tnsim.cost(nets, measure=measure, method="recursive")
-    tnsim.similarity(nets[0], nets[1], measure=measure, method="recursive")  # plans
+    # plans: a 2-checkpoint matrix has the blocks (stacks of one) the sub-matrix runs
+    tnsim.similarity_matrix(nets[:2], measure=measure, method="recursive", progress=False)
+    chains, pairs = [], []
+    recursive._chain = _timing(chains, recursive._chain)
+    recursive._pair_tensor = _timing(pairs, recursive._pair_tensor)
+    recursive._pair_gaussian = _timing(pairs, recursive._pair_gaussian)
     t = time.perf_counter()
     m = tnsim.similarity_matrix(nets, measure=measure, method="recursive", progress=False)
     run_s = time.perf_counter() - t
+    chain_s, pair_s = sum(chains) / len(chains), sum(pairs) / len(pairs)
+    by_parts = CHECKPOINTS * chain_s + CHECKPOINTS * (CHECKPOINTS - 1) / 2 * pair_s
     return dict(n=n, run_s=run_s, flops=c.flops, cost_seconds=c.seconds, blocks=c.blocks,
-                block_size=c.block_size, off_diagonal_mean=float(m[~torch.eye(n, dtype=torch.bool)].mean()))
+                block_size=c.block_size, off_diagonal_mean=float(m[~torch.eye(n, dtype=torch.bool)].mean()),
+                chains=len(chains), chain_s=chain_s, pairs=len(pairs), pair_s=pair_s, by_parts_full_s=by_parts)
 
 
 def block_size_figure(measure: str, threads: int, n: int, sizes: list[int]) -> list[dict]:
@@ -109,7 +132,8 @@ def block_size_figure(measure: str, threads: int, n: int, sizes: list[int]) -> l
     torch.set_num_threads(threads)
     isolated_cache(tempfile.mkdtemp(prefix="tnsim-bench-"))
     nets = compiled(n)
-    tnsim.similarity(nets[0], nets[1], measure=measure, method="recursive")  # plans
+    # plans: a 2-checkpoint matrix (it warms the blocks of one model; larger blocks plan in the loop)
+    tnsim.similarity_matrix(nets[:2], measure=measure, method="recursive", progress=False)
     rows = []
     for size in sizes:
         c = tnsim.cost(nets, measure=measure, method="recursive", block_size=size)
@@ -155,7 +179,9 @@ def main() -> None:
         print(f"{measure}: cost() of the {CHECKPOINTS}-checkpoint matrix {full['cost_s']:.2f} s "
               f"(it estimates {full['seconds'] / 60:.1f} min); pair cold {pair['cold_s']:.2f} s, "
               f"warm {pair['warm_s']:.2f} s; {sub}-checkpoint matrix {part['run_s']:.1f} s -> "
-              f"{CHECKPOINTS}-checkpoint matrix ~{extrapolated / 60:.1f} min (by flops); exact pair: {exact}")
+              f"{CHECKPOINTS}-checkpoint matrix ~{extrapolated / 60:.1f} min (by flops), "
+              f"~{part['by_parts_full_s'] / 60:.1f} min by parts ({part['chains']} chains of "
+              f"{part['chain_s']:.3f} s, {part['pairs']} cross chains of {part['pair_s']:.3f} s); exact pair: {exact}")
     save("lm_" + "_".join(args.measures) + ("_quick" if args.quick else ""), out)
 
 
