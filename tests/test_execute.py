@@ -69,7 +69,7 @@ def test_norms_of_float32_arrays_are_float64_norms(scale):
     """Normalisation sums float32 arrays in float32 where that cannot overflow or underflow,
     and in float64 where it could (squares of 1e25 overflow float32, of 1e-25 underflow)."""
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(3, 50, 40, generator=g, dtype=torch.float64) * scale).to(torch.float32)
+    x = (torch.randn(3, 200, 120, generator=g, dtype=torch.float64) * scale).to(torch.float32)
     want = torch.linalg.vector_norm(x.to(torch.float64))
     got = _norms(x, False)
     assert got.dtype == torch.float64 and torch.isfinite(got)

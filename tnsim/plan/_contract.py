@@ -60,13 +60,18 @@ class Scaled:
 # --- normalisation ---------------------------------------------------------------------------
 
 
+#: Smallest float32 array whose norm is summed in float32 (below, the copy costs less than the
+#: check's extra calls).
+NORM_IN_PLACE_MIN = 1 << 16
+
+
 def _norms(x: torch.Tensor, per_row: bool) -> torch.Tensor:
     """Frobenius norms in float64, of all of ``x`` or (``per_row``) of each ``x[i]``. On the
     CPU a float32 array is summed in its own precision where that neither overflows nor
     underflows: reading it as float64 first costs a copy, 25x the sum (on a GPU that check
     would be a host round trip, so float64 it is)."""
     dim = 1 if per_row else None
-    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel():
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() >= NORM_IN_PLACE_MIN:
         n = torch.linalg.vector_norm(x, dim=dim).to(torch.float64)
         if bool(((n > 1e-15) & (n < 1e15)).all()):
             return n
