@@ -131,6 +131,16 @@ def test_masked_orbits_change_no_similarity(measure, monkeypatch):
     assert got == pytest.approx(values(), rel=1e-10)
 
 
+def priced_as_run(a, b, monkeypatch) -> tuple[float, float]:
+    """The recursive tensor estimate's flops, checked equal to the run's, and the flops of the
+    same estimate with every contraction dense."""
+    ran = tnsim.compare(a, b, measure="tensor", method="recursive").cost
+    est = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
+    assert est.flops == pytest.approx(ran.flops, rel=1e-12)
+    monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
+    return est.flops, tnsim.cost(a, b, measure="tensor", method="recursive", samples=None).flops
+
+
 def test_cost_prices_the_masked_rows(monkeypatch):
     """tnsim.cost plans what runs: with every orbit planned, its flops are the run's, rows
     included, and below what the dense trees cost (two causal layers, recursive: the
@@ -142,13 +152,8 @@ def test_cost_prices_the_masked_rows(monkeypatch):
         tnsim.nn.BilinearAttention(16, 4, n_heads=2, residual=True),
         tnsim.nn.BilinearAttention(16, 4, n_heads=2, residual=True),
     ).double()
-    a, b = make(), make()
-    ran = tnsim.compare(a, b, measure="tensor", method="recursive").cost
-    est = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
-    assert est.flops == pytest.approx(ran.flops, rel=1e-12)
-    monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
-    dense = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
-    assert est.flops < 0.8 * dense.flops
+    est, dense = priced_as_run(make(), make(), monkeypatch)
+    assert est < 0.8 * dense
 
 
 def test_a_mask_between_two_outputs_fills_blocks(always):
@@ -184,9 +189,5 @@ def test_cost_prices_the_embedding_step_by_position(monkeypatch):
         tnsim.nn.BilinearAttention(6, 3, residual=True),
         tnsim.nn.Unembedding(6, 40),
     ).double()
-    a, b = make(), make()
-    ran = tnsim.compare(a, b, measure="tensor", method="recursive").cost
-    est = tnsim.cost(a, b, measure="tensor", method="recursive", samples=None)
-    assert est.flops == pytest.approx(ran.flops, rel=1e-12)
-    monkeypatch.setattr(contract, "masked_plan", lambda *args: None)
-    assert est.flops < tnsim.cost(a, b, measure="tensor", method="recursive", samples=None).flops
+    est, dense = priced_as_run(make(), make(), monkeypatch)
+    assert est < dense

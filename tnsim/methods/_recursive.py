@@ -216,14 +216,16 @@ def _check_mixed(layer: Network, k: int) -> None:
         )
 
 
-def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out_maps=None) -> Scaled:
+def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out_maps=None, parts=None) -> Scaled:
     """One layer pair contracted with ``kernel`` on its inputs: outputs left open, or (with
-    ``out_maps``) compared through the output maps."""
+    ``out_maps``) compared through the output maps. ``parts``: kernels summing to ``kernel``
+    to contract with instead (see :func:`_linear_step`); the term variants are chosen for the
+    whole kernel."""
     open_outputs = out_maps is None
     maps = (None, None) if open_outputs else out_maps
     tx, ty, _, _ = choose_variants(x, y, kernel, virtual, maps, open_outputs=open_outputs, mode=mode, price=False)
     return sum_term_pairs(
-        tx, ty, kernel, open_outputs=open_outputs, mode=mode, virtual_a=virtual, virtual_b=virtual,
+        tx, ty, parts or kernel, open_outputs=open_outputs, mode=mode, virtual_a=virtual, virtual_b=virtual,
         out_maps=maps, dtype=dtype, stats=stats,
     )
 
@@ -231,13 +233,10 @@ def _step(x: Network, y: Network, kernel, virtual, mode: Mode, dtype, stats, out
 def _linear_step(x: Network, y: Network, kernel, k: int, mode: Mode, dtype, stats) -> Scaled:
     """:func:`_step` with outputs open, summed over the kernel's
     :meth:`~tnsim.measures.Kernel.linear_parts` where the pairing is linear in the metric (both
-    layers linear, so no virtual copies); the term variants are chosen for the whole kernel."""
-    virtual = lambda t: k - t.degree  # noqa: E731
+    layers linear, so no virtual copies)."""
     linear = k == 1 and all(t.degree == 1 for t in (*x.terms, *y.terms))
-    parts = kernel.linear_parts() if linear else (kernel,)
-    tx, ty, _, _ = choose_variants(x, y, kernel, virtual, (None, None), open_outputs=True, mode=mode, price=False)
-    return sum_term_pairs(tx, ty, parts, open_outputs=True, mode=mode, virtual_a=virtual, virtual_b=virtual,
-                          dtype=dtype, stats=stats)
+    return _step(x, y, kernel, lambda t: k - t.degree, mode, dtype, stats,
+                 parts=kernel.linear_parts() if linear else None)
 
 
 @dataclass(eq=False)

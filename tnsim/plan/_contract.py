@@ -474,9 +474,8 @@ def _masked_flops(con: Contraction, sides, arrays, kernel, like, itemsize: int, 
 def _small_piece(src, kernel) -> torch.Tensor:
     if src[0] != "k" or src[1][0] != "block":
         return _UNRESOLVED
-    pieces = kernel.block(src[1][1:]) or ()
-    x = pieces[src[2]].array if src[2] < len(pieces) else None
-    return x if x is not None and x.numel() <= _masked.MAX_ELEMENTS else _UNRESOLVED
+    x = kernel.block(src[1][1:])[src[2]].array  # the equation names only pieces that exist
+    return x if x.numel() <= _masked.MAX_ELEMENTS else _UNRESOLVED
 
 
 def _record(stats: dict, con: Contraction, itemsize: int, weight: float = 1.0, flops: float | None = None) -> None:

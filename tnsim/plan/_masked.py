@@ -206,7 +206,7 @@ def _cut(x: torch.Tensor, cut) -> torch.Tensor:
     for axis, what in sorted(cut, key=lambda c: -c[0]):  # from the last axis: positions stay valid
         if isinstance(what, int):
             x = x.select(axis, what)
-        elif list(what) == list(range(what[0], what[0] + len(what))):
+        elif _contiguous(what):
             x = x.narrow(axis, what[0], len(what))  # a contiguous support: a view
         else:
             x = x.index_select(axis, torch.as_tensor(what, device=x.device))
