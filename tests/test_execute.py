@@ -77,3 +77,34 @@ def test_norms_of_float32_arrays_are_float64_norms(scale):
     rows = _norms(x.reshape(3, -1), True)
     torch.testing.assert_close(rows, torch.linalg.vector_norm(x.reshape(3, -1).to(torch.float64), dim=1),
                                rtol=1e-6, atol=0)
+
+
+
+def test_orbit_sums_in_float32_keep_float64_accuracy(monkeypatch):
+    """Whole-state orbit sums (``ACCUMULATE_IN_DTYPE_MIN`` entries and more; lowered here to
+    one, so that every sum of this small model is one) accumulate in float32 for a float32
+    pair, and its recursive similarity agrees with the float64 pair of the same weights to
+    float32 accuracy."""
+    import tnsim
+    from tnsim.plan import _contract
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(tnsim.nn.BilinearAttention(8, 3, n_heads=2, residual=True) for _ in range(2)))
+    other = torch.nn.Sequential(*(tnsim.nn.BilinearAttention(8, 3, n_heads=2, residual=True) for _ in range(2)))
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), model.parameters()):
+            p.copy_(q + 0.3 * q.std() * torch.randn_like(q))
+    x = torch.zeros(1, 3, 8, dtype=torch.float64)
+    wide = [tnsim.compile(m.double(), x) for m in (model, other)]
+    want = tnsim.similarity(*wide, method="recursive")
+    want_inner = tnsim.inner(*wide, method="recursive")
+    monkeypatch.setattr(_contract, "ACCUMULATE_IN_DTYPE_MIN", 1)
+    seen = []
+    accumulator = _contract._accumulator
+    monkeypatch.setattr(_contract, "_accumulator", lambda v, o: seen.append(accumulator(v, o)) or seen[-1])
+    a, b = (tnsim.compile(m.float(), x.float()) for m in (model, other))
+    got, got_inner = tnsim.similarity(a, b, method="recursive"), tnsim.inner(a, b, method="recursive")
+    assert torch.float32 in seen  # the open-output orbit sums ran in float32 (inner products in float64)
+    assert abs(got - want) < 1e-6 * abs(want)
+    assert abs(got_inner - want_inner) < 1e-5 * abs(want_inner)
+    assert abs(float(want) - 1) > 1e-3  # not a trivial cosine

@@ -96,16 +96,24 @@ def sum_term_pairs(
                     w = wa * wb
                 else:
                     w = wa[:, None] * wb[None, :]
-            value = sum(
+            values = [
                 contract_pairings(sides, part, open_outputs=open_outputs, arrays=arrays, dtype=dtype, stats=stats)
                 for part in parts
-            )
-            if is_dry():  # a zero stand-in: keep its shape, skip the arithmetic
-                total = value if total is None else total
+            ]
+            if is_dry():  # zero stand-ins: keep the shape, skip the arithmetic
+                total = values[0] if total is None else total
                 continue
+            value = values[0]  # each result is a fresh float64 tensor: summed in place
+            for v in values[1:]:
+                value.add_(v)
             w = w.to(value.device)
-            value = value * w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
-            total = value if total is None else total + value
+            w = w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
+            if total is None:
+                total = value.mul_(w) if torch.broadcast_shapes(w.shape, value.shape) == value.shape else value * w
+            elif torch.broadcast_shapes(value.shape, w.shape, total.shape) == total.shape:
+                total.addcmul_(value, w)
+            else:
+                total = total + value * w
     la, lb = _log_shape(ref_a, ref_b, mode)
     if terms_b is None:
         return Scaled(total, ref_a, torch.zeros((), dtype=torch.float64, device=total.device))

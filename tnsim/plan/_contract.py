@@ -308,6 +308,25 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
     return decision
 
 
+#: Orbit sums with open outputs of at least this many entries (whole states) accumulate in
+#: the contraction's dtype; inner products and smaller outputs in float64. Each orbit's value
+#: is the output of float32 GEMMs that already sum hundreds of products in float32, so adding
+#: a dozen of them in float64 buys no accuracy, and it cost a cast and a float64 pass (4x the
+#: memory traffic) per orbit of a state.
+ACCUMULATE_IN_DTYPE_MIN = 1 << 16
+
+
+def _accumulator(x: torch.Tensor, open_outputs: bool = True) -> torch.dtype:
+    wide = open_outputs and x.numel() >= ACCUMULATE_IN_DTYPE_MIN
+    return x.dtype if wide and x.dtype in (torch.float32, torch.float64) else torch.float64
+
+
+def _owned(x: torch.Tensor, dtype: torch.dtype, weight: float) -> torch.Tensor:
+    """``weight * x`` as a fresh ``dtype`` tensor (the caller may change it in place)."""
+    out = x.to(dtype, copy=True)
+    return out if weight == 1 else out.mul_(weight)
+
+
 def contract_pairings(
     sides: list[Side],
     kernel,
@@ -353,22 +372,21 @@ def contract_pairings(
         if stats is not None:
             _record(stats, con, itemsize, flops=None if masked is None else masked.flops)
         value = (run(con, ops, itemsize) if masked is None else run_masked(masked, con.equation, ops))
+        weight = size if peel is not None else size * coeff  # the coefficient rides along
         if total is None:
-            total = value.to(torch.float64) * size
-        else:  # in place, in float64 (an orbit's open outputs can be a whole state)
-            total.add_(value.to(torch.float64), alpha=size)
+            total = _owned(value, _accumulator(value, open_outputs), weight)
+        else:  # in place, one pass per orbit
+            total.add_(value.to(total.dtype), alpha=weight)
     if total is not None and peel is not None:  # the shared tensors, applied once
         if stats is not None:
             _record(stats, peel.final, itemsize)
         ops = [total.to(dtype)] + [x.to(dtype) for x in gather(peel.shared, sides, arrays, kernel, like)]
-        total = run(peel.final, ops, itemsize).to(torch.float64)
-    if total is not None:
-        total = total * coeff
+        total = _owned(run(peel.final, ops, itemsize), torch.float64, coeff)
     if total is None:
         # no pairing at all (an odd number of copies under a zero-mean, unpadded Gaussian):
         # the expectation is exactly zero
         return _zeros_result(sides, open_outputs, like)
-    return total
+    return total.to(torch.float64)  # a fresh float64 tensor, or the one summed here
 
 
 #: a dry run (:func:`dry_run`, :func:`tnsim.cost`) plans at most this many orbits of one term
