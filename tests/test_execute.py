@@ -108,3 +108,44 @@ def test_orbit_sums_in_float32_keep_float64_accuracy(monkeypatch):
     assert abs(got - want) < 1e-6 * abs(want)
     assert abs(got_inner - want_inner) < 1e-5 * abs(want_inner)
     assert abs(float(want) - 1) > 1e-3  # not a trivial cosine
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pairwise_gemm_equals_einsum_for_any_layout(seed):
+    """A pairwise step as one batched GEMM on operands in their memory order equals
+    ``torch.einsum``, for random index groups (batch, summed, kept on either side), operands
+    permuted, sliced or broadcast in memory, and outputs in any order."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda n: int(torch.randint(n, (), generator=g))  # noqa: E731
+    names = list("abcdefgh")[: 3 + rnd(6)]
+    size = {i: 1 + rnd(4) for i in names}
+    role = {i: ("batch", "summed", "left", "right")[rnd(4)] for i in names}
+    role[names[rnd(len(names))]] = "summed"  # at least one: a GEMM, not a broadcast product
+    left = [i for i in names if role[i] in ("batch", "summed", "left")]
+    right = [i for i in names if role[i] in ("batch", "summed", "right")]
+    out = [i for i in names if role[i] in ("batch", "left", "right")]
+    for ix in (left, right, out):
+        ix[:] = [ix[k] for k in torch.randperm(len(ix), generator=g).tolist()]
+
+    def operand(inds):  # stored in another axis order, every other entry of a wider one, or broadcast
+        order = torch.randperm(len(inds), generator=g).tolist()
+        base = torch.randn([size[inds[k]] * 2 for k in order], generator=g, dtype=torch.float64)
+        x = base[tuple(slice(None, None, 2) for _ in order)].permute([order.index(k) for k in range(len(inds))])
+        if inds and rnd(3) == 0:  # one axis broadcast (stride 0)
+            k = rnd(len(inds))
+            x = x.narrow(k, 0, 1).expand(x.shape)
+        return x
+
+    x, y = operand(left), operand(right)
+    pair = execute._Pair.of(tuple(left), tuple(right), tuple(out))
+    assert pair.einsum is None  # runs as a GEMM
+    eq = execute._equation(tuple(left), tuple(right), tuple(out))
+    torch.testing.assert_close(pair(x, y), torch.einsum(eq, x, y), rtol=1e-12, atol=1e-12)
+
+
+def test_pairwise_falls_back_to_einsum_for_reductions():
+    """An index in one operand only and not in the output is summed by einsum."""
+    pair = execute._Pair.of(("i", "j"), ("j", "k"), ("k",))
+    assert pair.einsum is not None
+    x, y = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(pair(x, y), x.sum(0) @ y)

@@ -103,10 +103,12 @@ def sum_term_pairs(
             if is_dry():  # zero stand-ins: keep the shape, skip the arithmetic
                 total = values[0] if total is None else total
                 continue
-            value = values[0]  # each result is a fresh float64 tensor: summed in place
+            value = values[0]  # each result is fresh (float64, or float32 for a whole state): summed in place
             for v in values[1:]:
                 value.add_(v)
-            w = w.to(value.device)
+            # the terms' relative scales, at most 1: in float32 one below 1e-38 is a term
+            # negligible against the largest
+            w = w.to(device=value.device, dtype=value.dtype)
             w = w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
             if total is None:
                 total = value.mul_(w) if torch.broadcast_shapes(w.shape, value.shape) == value.shape else value * w

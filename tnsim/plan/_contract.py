@@ -343,7 +343,9 @@ def contract_pairings(
     :math:`\frac{1}{K!}\sum_\sigma \langle T_a, \sigma T_b\rangle`; Wick matchings of all
     copies, :math:`\sum_m \prod_{pairs}\Sigma \prod_{singles}\mu`; or set partitions,
     :math:`\sum_\pi \prod_{B\in\pi}\kappa_B`. Coefficients of the terms are included; arrays
-    must already be normalised.
+    must already be normalised. Returns a fresh tensor (the caller may change it in place):
+    float64, or the contraction's dtype for open outputs of a whole state
+    (:data:`ACCUMULATE_IN_DTYPE_MIN`).
     """
     itemsize = dtype.itemsize
     like = arrays[0][0] if arrays[0] else torch.empty((), dtype=dtype)
@@ -381,12 +383,13 @@ def contract_pairings(
         if stats is not None:
             _record(stats, peel.final, itemsize)
         ops = [total.to(dtype)] + [x.to(dtype) for x in gather(peel.shared, sides, arrays, kernel, like)]
-        total = _owned(run(peel.final, ops, itemsize), torch.float64, coeff)
+        final = run(peel.final, ops, itemsize)
+        total = _owned(final, _accumulator(final, open_outputs), coeff)
     if total is None:
         # no pairing at all (an odd number of copies under a zero-mean, unpadded Gaussian):
         # the expectation is exactly zero
         return _zeros_result(sides, open_outputs, like)
-    return total.to(torch.float64)  # a fresh float64 tensor, or the one summed here
+    return total  # fresh: float64, or the contraction's dtype for a whole state (_accumulator)
 
 
 #: a dry run (:func:`dry_run`, :func:`tnsim.cost`) plans at most this many orbits of one term

@@ -18,14 +18,16 @@ within one contraction are stored (so memory stays that of a plain contraction u
 something to share); shared entries keep their input arrays alive, so an id cannot be recycled
 while its entry exists, and the shared cache stops growing at :data:`SHARED_BYTES` bytes.
 
-Each pairwise step is one ``torch.einsum`` (a GEMM or batched GEMM); nothing leaves the
-arrays' device.
+Each pairwise step is one batched GEMM (``torch.bmm``) on operands viewed in their memory
+order (:class:`_Pair`), or a broadcast product; nothing leaves the arrays' device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -137,7 +139,7 @@ class _Recipe:
                 if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
                     self.equations[p] = (_broadcast(left, out), _broadcast(right, out))
                 else:
-                    self.equations[p] = _equation(left, right, out)
+                    self.equations[p] = _Pair.of(tuple(left), tuple(right), tuple(out))
         root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
         self.root_inds = root_inds
         out = tuple(tree.output)
@@ -166,11 +168,69 @@ def _broadcast(inds: str, out: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return order, tuple(i in present for i in out)
 
 
+@dataclass(frozen=True)
+class _Pair:
+    r"""A pairwise contraction with summed indices, run as one batched GEMM.
+
+    The indices fall into four groups: *batch* (both operands and the output), *summed* (both
+    operands only) and each operand's *kept* ones (it and the output). With the groups merged,
+    :math:`Z_{b,m,n} = \sum_k X_{b,m,k} Y_{b,k,n}`. ``torch.einsum`` orders every group by the
+    equation's letters, so an operand whose memory order differs (most intermediates: an
+    einsum's result is a permuted view of its GEMM's output) is copied before the GEMM. Here
+    each group follows the memory order of the operand that holds it (the batch and summed
+    groups that of the larger operand), so an operand is copied only where its groups
+    interleave in memory or the smaller one disagrees; the result is the GEMM's output, viewed
+    in the output's index order. Equations this does not cover (an index in one operand only
+    and not in the output, or twice in one operand) run as einsum.
+    """
+
+    left: tuple
+    right: tuple
+    out: tuple
+    batch: frozenset
+    summed: frozenset
+    einsum: str | None  # the fallback
+
+    @classmethod
+    def of(cls, left: tuple, right: tuple, out: tuple) -> "_Pair":
+        l, r, o = set(left), set(right), set(out)
+        plain = len(l) == len(left) and len(r) == len(right) and (l ^ r) <= o and l | r >= o
+        return cls(left, right, out, frozenset(l & r & o), frozenset((l & r) - o),
+                   None if plain else _equation(left, right, out))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.einsum is not None:
+            return torch.einsum(self.einsum, x, y)
+        size = dict(zip(self.left, x.shape)) | dict(zip(self.right, y.shape))
+        big = _memory_order(self.left, x) if x.numel() >= y.numel() else _memory_order(self.right, y)
+        batch = [i for i in big if i in self.batch]
+        summed = [i for i in big if i in self.summed]
+        kx = [i for i in _memory_order(self.left, x) if i not in self.batch and i not in self.summed]
+        ky = [i for i in _memory_order(self.right, y) if i not in self.batch and i not in self.summed]
+        product = torch.bmm(_matrices(x, self.left, batch, kx, summed, size),
+                            _matrices(y, self.right, batch, summed, ky, size))
+        have = batch + kx + ky
+        return product.view([size[i] for i in have]).permute([have.index(i) for i in self.out])
+
+
+def _memory_order(inds: tuple, x: torch.Tensor) -> list:
+    """``inds`` from the outermost to the innermost axis of ``x`` in memory (length-one axes,
+    which fit anywhere, last)."""
+    return [inds[k] for k in sorted(range(len(inds)), key=lambda k: (x.stride(k) == 0 or x.shape[k] == 1, -x.stride(k)))]
+
+
+def _matrices(x: torch.Tensor, inds: tuple, batch: list, rows: list, cols: list, size: dict) -> torch.Tensor:
+    """``x`` as a ``(batch, rows, cols)`` stack of matrices: a view where its memory allows
+    (a transposed matrix is a view too), a copy otherwise."""
+    shape = [math.prod(size[i] for i in g) for g in (batch, rows, cols)]
+    return x.permute([inds.index(i) for i in batch + rows + cols]).reshape(shape)
+
+
 def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One pairwise contraction: an einsum (GEMM / batched GEMM), or, when no index is summed,
+    """One pairwise contraction: a batched GEMM (:class:`_Pair`), or, when no index is summed,
     a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
-    if isinstance(how, str):
-        return torch.einsum(how, x, y)
+    if isinstance(how, _Pair):
+        return how(x, y)
     (ox, kx), (oy, ky) = how
     x, y = x.permute(ox), y.permute(oy)
     return x.reshape(_view(x.shape, kx)) * y.reshape(_view(y.shape, ky))
