@@ -111,8 +111,8 @@ def sum_term_pairs(
             w = w.to(device=value.device, dtype=value.dtype)
             w = w.reshape(tuple(w.shape) + (1,) * (value.dim() - w.dim()))
             if total is None:
-                total = value.mul_(w) if torch.broadcast_shapes(w.shape, value.shape) == value.shape else value * w
-            elif torch.broadcast_shapes(value.shape, w.shape, total.shape) == total.shape:
+                total = value.mul_(w) if _fits(w.shape, value.shape) else value * w
+            elif _fits(value.shape, total.shape) and _fits(w.shape, total.shape):
                 total.addcmul_(value, w)
             else:
                 total = total + value * w
@@ -120,6 +120,12 @@ def sum_term_pairs(
     if terms_b is None:
         return Scaled(total, ref_a, torch.zeros((), dtype=torch.float64, device=total.device))
     return Scaled(total, la, lb)
+
+
+def _fits(shape, into) -> bool:
+    """Whether ``shape`` broadcasts to ``into`` without growing it (an in-place update is
+    possible; ``torch.broadcast_shapes`` would do, but its first call imports sympy, 0.35 s)."""
+    return len(shape) <= len(into) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(into)))
 
 
 # --- variant choice --------------------------------------------------------------------------

@@ -19,7 +19,8 @@ something to share); shared entries keep their input arrays alive, so an id cann
 while its entry exists, and the shared cache stops growing at :data:`SHARED_BYTES` bytes.
 
 Each pairwise step is one batched GEMM (``torch.bmm``) on operands viewed in their memory
-order (:class:`_Pair`), or a broadcast product; nothing leaves the arrays' device.
+order (:class:`_Pair`; ``torch.einsum`` below :data:`GEMM_MIN_SIZE`), or a broadcast product;
+nothing leaves the arrays' device.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ __all__ = ["execute", "shared_intermediates", "count_flops", "new_cache", "SHARE
 SHARED_BYTES = 2**30
 #: Share repeated intermediates (set ``False`` to execute every pairwise step of every tree).
 SHARING = True
+#: Pairwise steps with an operand of at least this many entries run as a GEMM on operands in
+#: their memory order (:class:`_Pair`); smaller ones as ``torch.einsum``, whose fixed cost is
+#: lower (the exact attention layer's many small steps were 1.5x slower through ``_Pair``).
+GEMM_MIN_SIZE = 1 << 16
 
 _SHARED: contextvars.ContextVar = contextvars.ContextVar("tnsim_shared", default=None)
 _COUNT: contextvars.ContextVar = contextvars.ContextVar("tnsim_count", default=None)
@@ -138,8 +143,10 @@ class _Recipe:
                 self.flops[p] = float(tree.get_flops(p))
                 if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
                     self.equations[p] = (_broadcast(left, out), _broadcast(right, out))
-                else:
+                elif max(tree.get_size(l), tree.get_size(r)) >= GEMM_MIN_SIZE:
                     self.equations[p] = _Pair.of(tuple(left), tuple(right), tuple(out))
+                else:  # small: einsum's fixed cost is lower than the layout search's
+                    self.equations[p] = _equation(left, right, out)
         root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
         self.root_inds = root_inds
         out = tuple(tree.output)
@@ -229,6 +236,8 @@ def _matrices(x: torch.Tensor, inds: tuple, batch: list, rows: list, cols: list,
 def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One pairwise contraction: a batched GEMM (:class:`_Pair`), or, when no index is summed,
     a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
+    if isinstance(how, str):
+        return torch.einsum(how, x, y)
     if isinstance(how, _Pair):
         return how(x, y)
     (ox, kx), (oy, ky) = how
