@@ -116,7 +116,10 @@ def test_pairwise_gemm_equals_einsum_for_any_layout(seed):
     ``torch.einsum``, for random index groups (batch, summed, kept on either side), operands
     permuted, sliced or broadcast in memory, and outputs in any order."""
     g = torch.Generator().manual_seed(seed)
-    rnd = lambda n: int(torch.randint(n, (), generator=g))  # noqa: E731
+
+    def rnd(n):
+        return int(torch.randint(n, (), generator=g))
+
     names = list("abcdefgh")[: 3 + rnd(6)]
     size = {i: 1 + rnd(4) for i in names}
     role = {i: ("batch", "summed", "left", "right")[rnd(4)] for i in names}
