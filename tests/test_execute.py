@@ -152,3 +152,28 @@ def test_pairwise_falls_back_to_einsum_for_reductions():
     assert pair.einsum is not None
     x, y = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     torch.testing.assert_close(pair(x, y), x.sum(0) @ y)
+
+
+def test_normalised_weights_are_kept_until_changed_in_place():
+    """Normalised arrays are reused across calls (``_NORMALISED``), and an in-place change of
+    a network's weight (its version moves) is seen: the similarity after it equals that of a
+    freshly compiled copy of the changed model."""
+    import tnsim
+    from tnsim.plan import _contract
+
+    torch.manual_seed(0)
+    ma = torch.nn.Sequential(tnsim.nn.Bilinear(4, 6, 4, residual=True), tnsim.nn.Bilinear(4, 6, 3)).double()
+    mb = torch.nn.Sequential(tnsim.nn.Bilinear(4, 6, 4, residual=True), tnsim.nn.Bilinear(4, 6, 3)).double()
+    a, b = tnsim.compile(ma), tnsim.compile(mb)
+    before = tnsim.similarity(a, b, method="recursive")
+    held = [k for k in _contract._NORMALISED if k[0] in {id(x) for t in a.terms for x in t.arrays}]
+    assert held  # a's weights were kept
+    assert tnsim.similarity(a, b, method="recursive") == before  # and reused
+    with torch.no_grad():
+        a.terms[0].arrays[0].add_(torch.randn_like(a.terms[0].arrays[0]))
+    after = tnsim.similarity(a, b, method="recursive")
+    assert abs(after - before) > 1e-6
+    fresh = tnsim.compile(ma)
+    with torch.no_grad():
+        fresh.terms[0].arrays[0].copy_(a.terms[0].arrays[0])
+    assert abs(tnsim.similarity(fresh, b, method="recursive") - after) < 1e-12

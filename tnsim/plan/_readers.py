@@ -209,7 +209,7 @@ class ReadKernel(Kernel):
         if self.dry:
             value = torch.empty(shape, dtype=like.dtype, device="meta")
         else:
-            value = execute(tree, [x.to(like.dtype) for x in arrays], keep=self._shared)
+            value = execute(tree, [x if x.dtype == like.dtype else x.to(like.dtype) for x in arrays], keep=self._shared)
         legs, n = [], len(batch)
         for k, (si, c) in enumerate(block):
             if c < self.sides[si].term.degree:
