@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
 
 import torch
 
@@ -38,6 +40,10 @@ __all__ = ["execute", "shared_intermediates", "count_flops", "new_cache", "SHARE
 SHARED_BYTES = 2**30
 #: Share repeated intermediates (set ``False`` to execute every pairwise step of every tree).
 SHARING = True
+#: ``torch.einsum`` without its Python wrapper (which parses the arguments and looks for
+#: ``__torch_function__`` overrides and opt_einsum before calling this, for two operands): a
+#: fifth of a small contraction's cost (the exact attention layer runs 44,000 of them).
+_einsum = getattr(torch._C._VariableFunctions, "einsum", None) or (lambda eq, ops: torch.einsum(eq, *ops))
 #: Pairwise steps with an operand of at least this many entries run as a GEMM on operands in
 #: their memory order (:class:`_Pair`); smaller ones as ``torch.einsum``, whose fixed cost is
 #: lower (the exact attention layer's many small steps were 1.5x slower through ``_Pair``).
@@ -133,10 +139,12 @@ class _Recipe:
                     have, want = inputs[i], tuple(tree.get_inds(c))
                     if have != want:
                         self.leaf_pre[c] = _reduction(have, want)
+        self.keyed: dict = {}  # node -> (pattern, the ids of its leaves' arrays, from all ids)
         for p in self.children:
             leaves = tuple(sorted(int(i) for i in tree.get_subgraph(p)))
             self.leaves[p] = leaves
             self.patterns[p] = _pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p)))
+            self.keyed[p] = (self.patterns[p], itemgetter(*leaves))
             if p in self.children:
                 l, r = self.children[p]
                 left, right, out = tree.get_inds(l), tree.get_inds(r), tree.get_inds(p)
@@ -147,6 +155,8 @@ class _Recipe:
                     self.equations[p] = _Pair.of(tuple(left), tuple(right), tuple(out))
                 else:  # small: einsum's fixed cost is lower than the layout search's
                     self.equations[p] = _equation(left, right, out)
+        self.steps = {p: (l, r, self.equations[p]) for p, (l, r) in self.children.items()}
+        self.leaf = {c: (i, self.leaf_pre.get(c)) for c, i in self.leaf_input.items()}
         root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
         self.root_inds = root_inds
         out = tuple(tree.output)
@@ -168,11 +178,13 @@ def _reduction(have: tuple, want: tuple) -> str:
     return "".join(letters[i] for i in have) + "->" + "".join(letters[i] for i in want)
 
 
-def _broadcast(inds: str, out: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Permutation and view that align an operand with ``out`` for broadcasting."""
+def _broadcast(inds: str, out: str) -> tuple[tuple[int, ...] | None, tuple | None]:
+    """Permutation and index (``None`` inserts a length-one axis) that align an operand with
+    ``out`` for broadcasting."""
     order = tuple(sorted(range(len(inds)), key=lambda k: out.index(inds[k])))
     present = set(inds)
-    return order, tuple(i in present for i in out)
+    index = tuple(slice(None) if i in present else None for i in out)
+    return (None if order == tuple(range(len(inds))) else order), (None if None not in index else index)
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ class _Pair:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.einsum is not None:
-            return torch.einsum(self.einsum, x, y)
+            return _einsum(self.einsum, (x, y))
         size = dict(zip(self.left, x.shape)) | dict(zip(self.right, y.shape))
         big = _memory_order(self.left, x) if x.numel() >= y.numel() else _memory_order(self.right, y)
         batch = [i for i in big if i in self.batch]
@@ -237,17 +249,15 @@ def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One pairwise contraction: a batched GEMM (:class:`_Pair`), or, when no index is summed,
     a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
     if isinstance(how, str):
-        return torch.einsum(how, x, y)
+        return _einsum(how, (x, y))
     if isinstance(how, _Pair):
         return how(x, y)
-    (ox, kx), (oy, ky) = how
-    x, y = x.permute(ox), y.permute(oy)
-    return x.reshape(_view(x.shape, kx)) * y.reshape(_view(y.shape, ky))
-
-
-def _view(shape, keep) -> tuple[int, ...]:
-    it = iter(shape)
-    return tuple(next(it) if k else 1 for k in keep)
+    (ox, ix), (oy, iy) = how  # None: no permutation, no new axis
+    if ox is not None:
+        x = x.permute(ox)
+    if oy is not None:
+        y = y.permute(oy)
+    return (x if ix is None else x[ix]) * (y if iy is None else y[iy])
 
 
 def _equation(left: str, right: str, out: str) -> str:
@@ -285,29 +295,29 @@ def execute(tree, arrays: list[torch.Tensor], keep=None) -> torch.Tensor:
         eq = "".join(letters[i] for i in recipe.root_inds) + "->" + "".join(
             letters[i] for i in tree.output
         )
-        return torch.einsum(eq, arrays[0])
+        return _einsum(eq, (arrays[0],))
     shared = (keep if keep is not None else _SHARED.get()) if SHARING else None
     counter = _COUNT.get()
     ids = [id(x) for x in arrays]
-    keys = {p: (recipe.patterns[p], tuple(ids[i] for i in recipe.leaves[p])) for p in recipe.children}
-    seen: dict = {}
-    for k in keys.values():
-        seen[k] = seen.get(k, 0) + 1
+    keys = {p: (pattern, take(ids)) for p, (pattern, take) in recipe.keyed.items()}
+    seen = Counter(keys.values())
     local: dict = {}
 
+    steps, leaves = recipe.steps, recipe.leaf
+
     def compute(node):
-        if node not in recipe.children:  # a leaf
-            x = arrays[recipe.leaf_input[node]]
-            pre = recipe.leaf_pre.get(node)
-            return x if pre is None else torch.einsum(pre, x)
+        step = steps.get(node)
+        if step is None:  # a leaf
+            i, pre = leaves[node]
+            return arrays[i] if pre is None else _einsum(pre, (arrays[i],))
         key = keys[node]
         hit = local.get(key) if SHARING else None
         if hit is None and shared is not None:
             hit = shared.get(key)
         if hit is not None:
             return hit
-        l, r = recipe.children[node]
-        value = _pairwise(recipe.equations[node], compute(l), compute(r))
+        l, r, how = step
+        value = _pairwise(how, compute(l), compute(r))
         if counter is not None:
             counter["flops"] += recipe.flops[node]
             counter["steps"] += 1
@@ -319,5 +329,5 @@ def execute(tree, arrays: list[torch.Tensor], keep=None) -> torch.Tensor:
 
     value = compute(tree.root)
     if recipe.final is not None:
-        value = torch.einsum(recipe.final, value)
+        value = _einsum(recipe.final, (value,))
     return value
