@@ -334,7 +334,7 @@ def peeling(sides, kernel, open_outputs: bool, reps, estimate: bool = False) -> 
 ACCUMULATE_IN_DTYPE_MIN = 1 << 16
 
 
-def _accumulator(x: torch.Tensor, open_outputs: bool = True) -> torch.dtype:
+def _accumulator(x: torch.Tensor, open_outputs: bool) -> torch.dtype:
     wide = open_outputs and x.numel() >= ACCUMULATE_IN_DTYPE_MIN
     return x.dtype if wide and x.dtype in (torch.float32, torch.float64) else torch.float64
 

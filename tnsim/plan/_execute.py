@@ -116,47 +116,40 @@ def shared_intermediates(limit: float | None = None):
 
 
 class _Recipe:
-    """Per tree, computed once: leaves, pairwise einsum equations and structural patterns."""
+    """Per tree, computed once: the pairwise steps (children and how each is contracted), the
+    leaves (input and pre-reduction), and each step's structural key pattern."""
 
     def __init__(self, tree):
         self.tree = tree
         self.children: dict = {}
-        self.leaves: dict = {}
-        self.equations: dict = {}
-        self.patterns: dict = {}
-        inputs = [tuple(i) for i in tree.inputs]
-        self.leaf_input: dict = {}
+        self.leaf: dict = {}  # leaf node -> (input index, pre-reduction equation or None)
+        self.leaves: dict = {}  # step -> input indices under it
+        self.keyed: dict = {}  # step -> (pattern, the ids of its leaves' arrays, from all ids)
+        self.steps: dict = {}  # step -> (left child, right child, how: see _pairwise)
         self.flops: dict = {}
-        self.leaf_pre: dict = {}
+        inputs = [tuple(i) for i in tree.inputs]
         for p, l, r in tree.traverse():
             self.children[p] = (l, r)
             for c in (l, r):
                 if tree.is_leaf(c):
                     i = int(tree.node_to_input(c))
-                    self.leaf_input[c] = i
                     # cotengra may pre-reduce a leaf (sum an index no other tensor has, take
                     # the diagonal of a repeated one): apply that before the pairwise steps
                     have, want = inputs[i], tuple(tree.get_inds(c))
-                    if have != want:
-                        self.leaf_pre[c] = _reduction(have, want)
-        self.keyed: dict = {}  # node -> (pattern, the ids of its leaves' arrays, from all ids)
-        for p in self.children:
+                    self.leaf[c] = (i, _reduction(have, want) if have != want else None)
+        for p, (l, r) in self.children.items():
             leaves = tuple(sorted(int(i) for i in tree.get_subgraph(p)))
             self.leaves[p] = leaves
-            self.patterns[p] = _pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p)))
-            self.keyed[p] = (self.patterns[p], itemgetter(*leaves))
-            if p in self.children:
-                l, r = self.children[p]
-                left, right, out = tree.get_inds(l), tree.get_inds(r), tree.get_inds(p)
-                self.flops[p] = float(tree.get_flops(p))
-                if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
-                    self.equations[p] = (_broadcast(left, out), _broadcast(right, out))
-                elif max(tree.get_size(l), tree.get_size(r)) >= GEMM_MIN_SIZE:
-                    self.equations[p] = _Pair.of(tuple(left), tuple(right), tuple(out))
-                else:  # small: einsum's fixed cost is lower than the layout search's
-                    self.equations[p] = _equation(left, right, out)
-        self.steps = {p: (l, r, self.equations[p]) for p, (l, r) in self.children.items()}
-        self.leaf = {c: (i, self.leaf_pre.get(c)) for c, i in self.leaf_input.items()}
+            self.keyed[p] = (_pattern([inputs[i] for i in leaves], tuple(tree.get_inds(p))), itemgetter(*leaves))
+            left, right, out = tree.get_inds(l), tree.get_inds(r), tree.get_inds(p)
+            self.flops[p] = float(tree.get_flops(p))
+            if set(left) | set(right) <= set(out):  # nothing summed: a broadcast product
+                how = (_broadcast(left, out), _broadcast(right, out))
+            elif max(tree.get_size(l), tree.get_size(r)) >= GEMM_MIN_SIZE:
+                how = _Pair.of(tuple(left), tuple(right), tuple(out))
+            else:  # small: einsum's fixed cost is lower than the layout search's
+                how = _equation(left, right, out)
+            self.steps[p] = (l, r, how)
         root_inds = tuple(tree.get_inds(tree.root)) if self.children else inputs[0]
         self.root_inds = root_inds
         out = tuple(tree.output)
@@ -221,11 +214,12 @@ class _Pair:
         if self.einsum is not None:
             return _einsum(self.einsum, (x, y))
         size = dict(zip(self.left, x.shape)) | dict(zip(self.right, y.shape))
-        big = _memory_order(self.left, x) if x.numel() >= y.numel() else _memory_order(self.right, y)
+        mx, my = _memory_order(self.left, x), _memory_order(self.right, y)
+        big = mx if x.numel() >= y.numel() else my
         batch = [i for i in big if i in self.batch]
         summed = [i for i in big if i in self.summed]
-        kx = [i for i in _memory_order(self.left, x) if i not in self.batch and i not in self.summed]
-        ky = [i for i in _memory_order(self.right, y) if i not in self.batch and i not in self.summed]
+        kx = [i for i in mx if i not in self.batch and i not in self.summed]
+        ky = [i for i in my if i not in self.batch and i not in self.summed]
         product = torch.bmm(_matrices(x, self.left, batch, kx, summed, size),
                             _matrices(y, self.right, batch, summed, ky, size))
         have = batch + kx + ky
@@ -246,8 +240,9 @@ def _matrices(x: torch.Tensor, inds: tuple, batch: list, rows: list, cols: list,
 
 
 def _pairwise(how, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One pairwise contraction: a batched GEMM (:class:`_Pair`), or, when no index is summed,
-    a broadcast product (``torch.einsum`` would run it as a batched GEMM of 1x1 matrices)."""
+    """One pairwise contraction: an einsum (a small step), a batched GEMM (:class:`_Pair`), or,
+    when no index is summed, a broadcast product (``torch.einsum`` would run it as a batched
+    GEMM of 1x1 matrices)."""
     if isinstance(how, str):
         return _einsum(how, (x, y))
     if isinstance(how, _Pair):
