@@ -4,6 +4,8 @@ import cotengra as ctg
 import pytest
 import torch
 
+import tnsim
+from tnsim.plan import _contract
 from tnsim.plan import _execute as execute
 from tnsim.plan._contract import _norms
 
@@ -85,9 +87,6 @@ def test_orbit_sums_in_float32_keep_float64_accuracy(monkeypatch):
     one, so that every sum of this small model is one) accumulate in float32 for a float32
     pair, and its recursive similarity agrees with the float64 pair of the same weights to
     float32 accuracy."""
-    import tnsim
-    from tnsim.plan import _contract
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(tnsim.nn.BilinearAttention(8, 3, n_heads=2, residual=True) for _ in range(2)))
     other = torch.nn.Sequential(*(tnsim.nn.BilinearAttention(8, 3, n_heads=2, residual=True) for _ in range(2)))
@@ -158,9 +157,6 @@ def test_normalised_weights_are_kept_until_changed_in_place():
     """Normalised arrays are reused across calls (``_NORMALISED``), and an in-place change of
     a network's weight (its version moves) is seen: the similarity after it equals that of a
     freshly compiled copy of the changed model."""
-    import tnsim
-    from tnsim.plan import _contract
-
     torch.manual_seed(0)
     ma = torch.nn.Sequential(tnsim.nn.Bilinear(4, 6, 4, residual=True), tnsim.nn.Bilinear(4, 6, 3)).double()
     mb = torch.nn.Sequential(tnsim.nn.Bilinear(4, 6, 4, residual=True), tnsim.nn.Bilinear(4, 6, 3)).double()
